@@ -1,0 +1,175 @@
+"""``mlcloud.yaml`` profiles and which one is in force.
+
+Precedence for the profile name: ``--provider`` flag > ``MLCLOUD_PROVIDER`` > the project file's
+``default`` > the user file's ``default`` > ``local``. The project file is ``$MLCLOUD_CONFIG`` or
+the first ``mlcloud.yaml`` in the working directory or its parents; the user file lives in the
+user config dir. Profiles from both are merged (project wins by name). A name that is not a
+profile but is a provider type (``--provider sagemaker``) means that type with default settings,
+so mlcloud works with no file at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from mlcloud.errors import ConfigError
+
+FILENAME = "mlcloud.yaml"
+BUILTIN_DEFAULT = "local"
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    type: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    source: str = "built-in"  # the file it came from
+
+
+@dataclass(frozen=True)
+class Config:
+    profiles: dict[str, Profile]
+    default: str
+    files: tuple[Path, ...]
+
+    def resolve(self, name: str | None = None) -> Profile:
+        """The profile to use: the explicit ``name``, else env, else the files' default."""
+        from mlcloud import registry
+
+        chosen = name or os.environ.get("MLCLOUD_PROVIDER") or self.default
+        if chosen in self.profiles:
+            return self.profiles[chosen]
+        if chosen in registry.known_types():
+            return Profile(name=chosen, type=chosen)
+        raise ConfigError(
+            f"unknown provider or profile {chosen!r}",
+            hint="profiles: "
+            + (", ".join(sorted(self.profiles)) or "(none)")
+            + "; provider types: "
+            + ", ".join(sorted(registry.known_types())),
+        )
+
+
+def user_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "mlcloud" / FILENAME
+
+
+def project_config_path(start: Path | None = None) -> Path | None:
+    env = os.environ.get("MLCLOUD_CONFIG")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"MLCLOUD_CONFIG points to {path}, which does not exist")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / FILENAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(start: Path | None = None) -> Config:
+    profiles: dict[str, Profile] = {}
+    default = BUILTIN_DEFAULT
+    files: list[Path] = []
+    user = user_config_path()
+    project = project_config_path(start)
+    for path in (user if user.is_file() else None, project):
+        if path is None:
+            continue
+        file_default, file_profiles = _read_file(path)
+        profiles.update(file_profiles)
+        default = file_default or default
+        files.append(path)
+    return Config(profiles=profiles, default=default, files=tuple(files))
+
+
+def _read_file(path: Path) -> tuple[str | None, dict[str, Profile]]:
+    from mlcloud import registry
+    from mlcloud.yamlio import read_yaml
+
+    data = read_yaml(path, what="config file", error=ConfigError)
+    if data is None:
+        return None, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'default' and 'profiles'")
+    unknown = sorted(str(k) for k in data if k not in ("default", "profiles"))
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; allowed: default, profiles")
+    raw_profiles = data.get("profiles") or {}
+    if not isinstance(raw_profiles, dict):
+        raise ConfigError(f"{path}: 'profiles' must be a mapping of name -> settings")
+    profiles: dict[str, Profile] = {}
+    types = registry.known_types()
+    for name, body in raw_profiles.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}: profile names must be non-empty strings, got {name!r}")
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+            raise ConfigError(
+                f"{path}: profile {name!r} needs a 'type'",
+                hint="one of: " + ", ".join(sorted(types)),
+            )
+        settings = {str(k): v for k, v in body.items() if k != "type"}
+        if body["type"] not in types:
+            raise ConfigError(
+                f"{path}: profile {name!r} has unknown type {body['type']!r}",
+                hint="one of: " + ", ".join(sorted(types)),
+            )
+        profiles[name] = Profile(name=name, type=body["type"], settings=settings, source=str(path))
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        raise ConfigError(f"{path}: 'default' must be a profile name, got {default!r}")
+    return default, profiles
+
+
+def profile_settings(model: type[SettingsT], profile: Profile) -> SettingsT:
+    """Validate a profile's settings against the provider's settings model (ConfigError only)."""
+    try:
+        return model.model_validate(profile.settings)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}"
+            for err in e.errors(include_url=False)
+        )
+        raise ConfigError(
+            f"profile {profile.name!r} ({profile.type}) has invalid settings: {problems}",
+            hint=f"fix it in {profile.source}",
+        ) from None
+
+
+STARTER = """\
+# mlcloud configuration: named profiles, one per place your jobs can run.
+# Pick one with --provider NAME, MLCLOUD_PROVIDER=NAME, or `default` below.
+default: local
+
+profiles:
+  local:
+    type: local            # this machine: subprocesses, torchrun, bentoml serve
+
+  # aws:
+  #   type: sagemaker
+  #   region: us-east-1
+  #   role_arn: arn:aws:iam::123456789012:role/mlcloud
+  #   bucket: my-bucket    # staging for code and outputs
+
+  # gcp:
+  #   type: vertex
+  #   project: my-project
+  #   location: us-central1
+  #   staging_bucket: gs://my-bucket
+
+  # azure:
+  #   type: azureml
+  #   subscription_id: 00000000-0000-0000-0000-000000000000
+  #   resource_group: rg
+  #   workspace: ws
+  #   compute: cpu-cluster
+"""

@@ -1,0 +1,199 @@
+"""The mlcloud model directory: artifacts plus ``mlcloud-model.yaml``.
+
+The manifest records the framework, how to load the entry artifact, an optional input
+signature/example, the job that made it, and the sha256 of every file. Loaders (in
+``serving/``) refuse a directory whose files do not match, so a tampered artifact is never
+deserialised. The manifest is written as JSON, which is valid YAML, keeping this module
+standard-library only (cloud launchers ship it inside job archives).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "mlcloud-model.yaml"
+FORMAT_VERSION = 1
+FRAMEWORKS = ("sklearn", "pytorch", "onnx", "custom")
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing, malformed or does not match its manifest."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash_tree(root: Path) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST and "__pycache__" not in path.parts:
+            files[path.relative_to(root).as_posix()] = sha256_file(path)
+    return files
+
+
+def write_manifest(
+    root: Path,
+    framework: str,
+    entry: dict[str, Any],
+    *,
+    signature: dict[str, Any] | None = None,
+    example: Any = None,
+    created_by: str | None = None,
+) -> dict[str, Any]:
+    """Hash every file under ``root`` and write the manifest. Returns it."""
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "framework": framework,
+        "entry": entry,
+        "signature": signature,
+        "example": example,
+        "created_by": created_by,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": _hash_tree(root),
+    }
+    tmp = root / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, root / MANIFEST)
+    return manifest
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ModelDirError(f"{root} is not an mlcloud model directory (no {MANIFEST})")
+    try:
+        import yaml  # a hand-edited manifest may be real YAML
+
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except ImportError:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except Exception as e:
+        raise ModelDirError(f"{path} cannot be parsed: {e}") from None
+    if not isinstance(data, dict) or data.get("framework") not in FRAMEWORKS:
+        raise ModelDirError(f"{path}: 'framework' must be one of {', '.join(FRAMEWORKS)}")
+    if not isinstance(data.get("files"), dict) or not isinstance(data.get("entry"), dict):
+        raise ModelDirError(f"{path}: 'files' and 'entry' must be mappings")
+    return data
+
+
+def verify(root: Path) -> dict[str, Any]:
+    """Read the manifest and check every listed file's sha256; raise ModelDirError if not."""
+    manifest = read_manifest(root)
+    for rel, expected in manifest["files"].items():
+        target = (root / rel).resolve()
+        if root.resolve() not in target.parents:
+            raise ModelDirError(f"{MANIFEST} lists {rel!r}, which is outside the model dir")
+        if not target.is_file():
+            raise ModelDirError(f"model file {rel} is listed in {MANIFEST} but missing")
+        actual = sha256_file(target)
+        if actual != expected:
+            raise ModelDirError(
+                f"model file {rel} does not match {MANIFEST} (sha256 {actual[:12]}…, "
+                f"expected {expected[:12]}…): refusing to load a modified artifact"
+            )
+    return manifest
+
+
+def digest(root: Path) -> str:
+    """One sha256 for the whole model dir (over the manifest's file hashes)."""
+    manifest = read_manifest(root)
+    canonical = json.dumps(manifest["files"], sort_keys=True).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def save(
+    obj: Any,
+    framework: str,
+    root: Path,
+    *,
+    created_by: str | None = None,
+    signature: dict[str, Any] | None = None,
+    example: Any = None,
+    **options: Any,
+) -> Path:
+    """Write ``obj`` under ``root`` for ``framework``; see the per-framework notes below.
+
+    * ``sklearn``: any estimator; saved with skops when installed, else joblib (loaders only
+      unpickle a joblib file whose sha256 matches this manifest).
+    * ``pytorch``: a ``torch.jit.ScriptModule`` (TorchScript), or an ``nn.Module`` with
+      ``module_class="pkg.module:Class"`` (and optional ``init_kwargs``) saved as a state dict.
+    * ``onnx``: ONNX bytes or a path to a ``.onnx`` file.
+    * ``custom``: ``obj`` is a directory to copy in; ``predictor="module:Class"`` names a class
+      in it with ``predict(self, inputs)``.
+    """
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    root.mkdir(parents=True, exist_ok=True)
+    entry = _SAVERS[framework](obj, root, options)
+    write_manifest(
+        root, framework, entry, signature=signature, example=example, created_by=created_by
+    )
+    return root
+
+
+def _save_sklearn(obj: Any, root: Path, options: dict[str, Any]) -> dict[str, Any]:
+    try:
+        import skops.io as sio
+
+        sio.dump(obj, root / "model.skops")
+        return {"file": "model.skops", "format": "skops"}
+    except ImportError:
+        import joblib
+
+        joblib.dump(obj, root / "model.joblib")
+        return {"file": "model.joblib", "format": "joblib"}
+
+
+def _save_pytorch(obj: Any, root: Path, options: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    if isinstance(obj, torch.jit.ScriptModule):
+        torch.jit.save(obj, str(root / "model.pt"))
+        return {"file": "model.pt", "format": "torchscript"}
+    module_class = options.get("module_class")
+    if not module_class:
+        raise ValueError("saving an nn.Module needs module_class='pkg.module:Class' (or script it)")
+    torch.save(obj.state_dict(), root / "model.pt")
+    return {
+        "file": "model.pt",
+        "format": "state_dict",
+        "class": module_class,
+        "init_kwargs": options.get("init_kwargs") or {},
+    }
+
+
+def _save_onnx(obj: Any, root: Path, options: dict[str, Any]) -> dict[str, Any]:
+    target = root / "model.onnx"
+    if isinstance(obj, (bytes, bytearray)):
+        target.write_bytes(bytes(obj))
+    else:
+        shutil.copyfile(Path(obj), target)
+    return {"file": "model.onnx", "format": "onnx"}
+
+
+def _save_custom(obj: Any, root: Path, options: dict[str, Any]) -> dict[str, Any]:
+    predictor = options.get("predictor")
+    if not predictor or ":" not in str(predictor):
+        raise ValueError("custom models need predictor='module:Class' inside the model dir")
+    if obj is not None:
+        shutil.copytree(Path(obj), root, dirs_exist_ok=True)
+    return {"predictor": str(predictor)}
+
+
+_SAVERS = {
+    "sklearn": _save_sklearn,
+    "pytorch": _save_pytorch,
+    "onnx": _save_onnx,
+    "custom": _save_custom,
+}

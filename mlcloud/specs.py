@@ -1,0 +1,368 @@
+"""Portable specs: what the user asks for, independent of any provider.
+
+Frozen pydantic v2 models with ``extra="forbid"``: pure values that round-trip through YAML and
+export a JSON Schema (``mlcloud schema job``). Human units stay as written (``"4Gi"``, ``"1h"``)
+so a spec dumps back to what the user wrote; the ``*_bytes`` / ``*_seconds`` properties give the
+parsed numbers. Every validation failure becomes a ``SpecError`` that names the field, the bad
+value and what is allowed (see :func:`spec_error`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mlcloud.errors import SpecError
+from mlcloud.units import parse_duration, parse_size
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+InputName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")]
+_ACCEL = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,31})?(?::?([1-9][0-9]?))?$")
+FRAMEWORKS = ("sklearn", "pytorch", "xgboost")
+
+
+def _scalar_to_str(value: object) -> object:
+    # YAML turns `DEBUG: 1` into an int; env values are strings everywhere they end up.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Framework(_Spec):
+    """A prebuilt framework image instead of ``image``: ``{name: sklearn, version: "1.5"}``."""
+
+    name: Literal["sklearn", "pytorch", "xgboost"]
+    version: Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+){0,2}$")]
+
+
+class Resources(_Spec):
+    """What one node needs. ``instance_type`` maps provider type → native type and wins."""
+
+    cpus: Annotated[float, Field(gt=0, le=1024)] | None = None
+    memory: str | int | None = Field(default=None, description="e.g. 512Mi, 4Gi, 16G")
+    accelerators: str | int | None = Field(
+        default=None, description='"T4:1", "A100:8", "H100" (one) or a GPU count'
+    )
+    instance_type: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("memory")
+    @classmethod
+    def _check_memory(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            parse_size(v)
+        return v
+
+    @field_validator("accelerators")
+    @classmethod
+    def _check_accelerators(cls, v: str | int | None) -> str | int | None:
+        if v is None:
+            return v
+        if isinstance(v, int):
+            if not 0 < v <= 64:
+                raise ValueError("a GPU count must be between 1 and 64")
+            return v
+        m = _ACCEL.fullmatch(v.strip())
+        if not v.strip() or m is None or (m.group(1) is None and m.group(2) is None):
+            raise ValueError("expected 'TYPE:COUNT' like 'T4:1' or 'A100:8', a type, or a count")
+        return v.strip()
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else parse_size(self.memory)
+
+    @property
+    def accelerator_count(self) -> int:
+        if self.accelerators is None:
+            return 0
+        if isinstance(self.accelerators, int):
+            return self.accelerators
+        m = _ACCEL.fullmatch(self.accelerators)
+        assert m is not None  # validated above
+        return int(m.group(2)) if m.group(2) else 1
+
+    @property
+    def accelerator_type(self) -> str | None:
+        if self.accelerators is None or isinstance(self.accelerators, int):
+            return None
+        m = _ACCEL.fullmatch(self.accelerators)
+        assert m is not None
+        return m.group(1).upper() if m.group(1) else None
+
+
+class NodeRange(_Spec):
+    """Elastic node count: the job runs with any count in [min, max]."""
+
+    min: Annotated[int, Field(ge=1, le=512)]
+    max: Annotated[int, Field(ge=1, le=512)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NodeRange:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class TrainingJob(_Spec):
+    """One training job, the same on every provider (the ``job.yaml`` file)."""
+
+    name: Name = Field(description="lowercase letters, digits and '-', at most 48 characters")
+    source: str = Field(default=".", description="directory shipped with the job")
+    command: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+    image: Annotated[str, StringConstraints(min_length=1)] | None = None
+    framework: Framework | None = None
+    resources: Resources = Field(default_factory=Resources)
+    nodes: Annotated[int, Field(ge=1, le=512)] | NodeRange = 1
+    procs_per_node: Annotated[int, Field(ge=1, le=64)] = 1
+    spot: bool = False
+    checkpoint: str | None = None
+    max_runtime: str | int = "24h"
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 0
+    inputs: dict[InputName, Annotated[str, StringConstraints(min_length=1)]] = Field(
+        default_factory=dict
+    )
+    output: str | None = None
+    hyperparameters: dict[Annotated[str, StringConstraints(min_length=1)], JsonValue] = Field(
+        default_factory=dict
+    )
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+
+    @field_validator("max_runtime")
+    @classmethod
+    def _check_runtime(cls, v: str | int) -> str | int:
+        parse_duration(v)
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _no_reserved_env(cls, v: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(k for k in v if k.startswith("MLCLOUD_"))
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: MLCLOUD_* variables are set by mlcloud itself")
+        return v
+
+    @model_validator(mode="after")
+    def _image_or_framework(self) -> TrainingJob:
+        if self.image is not None and self.framework is not None:
+            raise ValueError("set either image or framework, not both")
+        return self
+
+    @property
+    def max_runtime_seconds(self) -> int:
+        return parse_duration(self.max_runtime)
+
+    @property
+    def min_nodes(self) -> int:
+        return self.nodes if isinstance(self.nodes, int) else self.nodes.min
+
+    @property
+    def max_nodes(self) -> int:
+        return self.nodes if isinstance(self.nodes, int) else self.nodes.max
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_nodes != self.max_nodes
+
+    @property
+    def distributed(self) -> bool:
+        """Launched under torchrun: several nodes, an elastic range, or several procs per node."""
+        return self.max_nodes > 1 or self.elastic or self.procs_per_node > 1
+
+
+class ReplicaRange(_Spec):
+    """Autoscaling bounds; ``target`` is the in-flight requests per replica to scale on."""
+
+    min: Annotated[int, Field(ge=0, le=1000)] = 1
+    max: Annotated[int, Field(ge=1, le=1000)] = 1
+    target: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaRange:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class Deployment(_Spec):
+    """One model served behind one named endpoint."""
+
+    name: Name
+    model: Annotated[str, StringConstraints(min_length=1)] = Field(
+        description="a model directory or URI, a job id (its model), or a registry reference"
+    )
+    resources: Resources = Field(default_factory=Resources)
+    replicas: Annotated[int, Field(ge=1, le=1000)] | ReplicaRange = 1
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    traffic: dict[str, Annotated[int, Field(ge=0, le=100)]] | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None, description="local provider: the endpoint's stable port"
+    )
+    host: str | None = Field(
+        default=None, description="local provider: bind address (non-loopback needs a token)"
+    )
+    source_job: str | None = Field(
+        default=None, description="lineage: the job that produced the model (set by mlcloud)"
+    )
+
+    @field_validator("traffic")
+    @classmethod
+    def _sums_to_100(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None and sum(v.values()) != 100:
+            raise ValueError(f"traffic percentages must add up to 100, got {sum(v.values())}")
+        return v
+
+    @property
+    def min_replicas(self) -> int:
+        return self.replicas if isinstance(self.replicas, int) else self.replicas.min
+
+    @property
+    def max_replicas(self) -> int:
+        return self.replicas if isinstance(self.replicas, int) else self.replicas.max
+
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+SPEC_KINDS: dict[str, type[BaseModel]] = {"job": TrainingJob, "deployment": Deployment}
+
+
+def spec_error(err: ValidationError, what: str) -> SpecError:
+    """Turn pydantic's errors into one SpecError whose lines name field, bad value and what's allowed."""
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p)) or "(top level)"
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown field; {_allowed_fields(err, e['loc'])}")
+            continue
+        if e["type"] == "missing":
+            lines.append(f"{loc}: required field is missing")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg} (got {_short(value)})")
+    # A union (e.g. nodes: int | {min,max}) reports each branch; keep each message once.
+    unique = list(dict.fromkeys(lines))
+    return SpecError(f"invalid {what}:\n  " + "\n  ".join(unique))
+
+
+def _is_union_tag(part: object) -> bool:
+    # pydantic puts the union branch ("int", "NodeRange", "constrained-str") into the location
+    return isinstance(part, str) and (
+        part[:1].isupper() or part in {"int", "str", "float", "bool", "constrained-str"}
+        or part.startswith(("constrained-", "function-"))
+    )
+
+
+def _allowed_fields(err: ValidationError, loc: tuple[int | str, ...]) -> str:
+    model: type[BaseModel] | None = SPEC_KINDS.get(_title_kind(err.title))
+    for part in loc[:-1]:
+        if model is None or not isinstance(part, str):
+            break
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        model = _first_model(ann)
+    if model is None:
+        return "see `mlcloud schema` for the allowed fields"
+    return "allowed: " + ", ".join(model.model_fields)
+
+
+def _title_kind(title: str) -> str:
+    return {"TrainingJob": "job", "Deployment": "deployment"}.get(title, "")
+
+
+def _first_model(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validate_spec(model: type[SpecT], data: object, what: str) -> SpecT:
+    """Build ``model`` from plain data, raising only SpecError."""
+    if not isinstance(data, dict):
+        raise SpecError(f"invalid {what}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise spec_error(e, what) from None
+    except (ValueError, TypeError, RecursionError) as e:  # defensive: odd values from YAML
+        raise SpecError(f"invalid {what}: {e}") from None
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> TrainingJob:
+    """Load ``job.yaml``. Relative ``source`` and local input paths resolve against the file's dir."""
+    from mlcloud.yamlio import apply_overrides, read_yaml
+
+    path = Path(path)
+    data = read_yaml(path, what="job file")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    job = validate_spec(TrainingJob, data, f"job file {path}")
+    return resolve_paths(job, path.resolve().parent)
+
+
+def resolve_paths(job: TrainingJob, base: Path) -> TrainingJob:
+    """Make ``source`` and local ``inputs`` absolute against ``base`` (URIs are left alone)."""
+
+    def absolute(p: str) -> str:
+        if "://" in p and not p.startswith("file://"):
+            return p
+        local = Path(p.removeprefix("file://")).expanduser()
+        return str(local if local.is_absolute() else (base / local).resolve())
+
+    return job.model_copy(
+        update={
+            "source": absolute(job.source),
+            "inputs": {k: absolute(v) for k, v in job.inputs.items()},
+        }
+    )
+
+
+def dump_yaml(spec: BaseModel) -> str:
+    import yaml
+
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    if kind not in SPEC_KINDS:
+        raise SpecError(f"unknown schema {kind!r}; allowed: {', '.join(SPEC_KINDS)}")
+    return SPEC_KINDS[kind].model_json_schema()
+
+
+def spec_hash(spec: BaseModel, length: int = 8) -> str:
+    """A short, stable hash of a spec's values (used for idempotent native names)."""
+    import hashlib
+    import json
+
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
