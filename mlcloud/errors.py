@@ -6,7 +6,7 @@ catch these classes::
 
     MlcloudError
     ├── ConfigError            bad mlcloud.yaml / profile settings / environment
-    ├── SpecError              bad job.yaml / Deployment values (names the field and what is allowed)
+    ├── SpecError              bad job.yaml / Deployment values (names field and allowed values)
     ├── UnsupportedFeature     the provider cannot honour a requested feature (raised at plan time)
     ├── ProviderUnavailable    the provider's extra is not installed (carries the pip line)
     ├── NotFoundLocally        an id or name unknown to the local state store
@@ -48,7 +48,7 @@ class NotFoundLocally(MlcloudError):
 
 
 class UnsupportedFeature(MlcloudError):
-    """The provider cannot honour ``feature``; raised by ``plan_*`` so nothing is silently dropped."""
+    """The provider cannot honour ``feature``: raised by ``plan_*``, never silently dropped."""
 
     def __init__(self, feature: str, provider: str, hint: str | None = None) -> None:
         super().__init__(f"{provider} does not support {feature}", hint=hint)
@@ -109,7 +109,9 @@ class Conflict(ProviderError):
 class QuotaExceeded(ProviderError):
     """A quota or resource limit was hit; ``quota`` names it when the backend says which."""
 
-    def __init__(self, message: str, *, provider: str, quota: str | None = None, **kw: object) -> None:
+    def __init__(
+        self, message: str, *, provider: str, quota: str | None = None, **kw: object
+    ) -> None:
         super().__init__(message, provider=provider, **kw)  # type: ignore[arg-type]
         self.quota = quota
 

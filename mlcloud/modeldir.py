@@ -20,6 +20,8 @@ from typing import Any
 MANIFEST = "mlcloud-model.yaml"
 FORMAT_VERSION = 1
 FRAMEWORKS = ("sklearn", "pytorch", "onnx", "custom")
+# Element types a signature may name (numpy spellings; loaders map them onto the framework).
+DTYPES = ("float32", "float64", "int32", "int64", "bool", "string")
 
 
 class ModelDirError(ValueError):
@@ -84,12 +86,60 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise ModelDirError(f"{path}: 'framework' must be one of {', '.join(FRAMEWORKS)}")
     if not isinstance(data.get("files"), dict) or not isinstance(data.get("entry"), dict):
         raise ModelDirError(f"{path}: 'files' and 'entry' must be mappings")
+    if data.get("signature") is not None:
+        try:
+            check_signature(data["signature"])
+        except ValueError as e:
+            raise ModelDirError(f"{path}: {e}") from None
     return data
+
+
+def check_signature(signature: Any) -> None:
+    """Raise ValueError unless ``signature`` is ``{"inputs": {"shape": [...], "dtype": ...}}``.
+
+    ``shape`` lists the dimensions of the whole input batch, ``-1`` where any size is fine
+    (normally the first, batch, dimension); ``outputs`` may be given in the same form.
+    """
+    if not isinstance(signature, dict) or not isinstance(signature.get("inputs"), dict):
+        raise ValueError("'signature' must be a mapping with an 'inputs' mapping")
+    for part in ("inputs", "outputs"):
+        spec = signature.get(part)
+        if spec is None:
+            continue
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if shape is not None and (
+            not isinstance(shape, list)
+            or not all(isinstance(d, int) and (d == -1 or d > 0) for d in shape)
+        ):
+            raise ValueError(f"signature {part}.shape must be a list of positive ints or -1")
+        dtype = spec.get("dtype") if isinstance(spec, dict) else None
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"signature {part}.dtype must be one of {', '.join(DTYPES)}")
+
+
+def infer_signature(example: Any) -> dict[str, Any] | None:
+    """A signature from an example batch (a list of rows), or None when it has no fixed shape."""
+    if not isinstance(example, list) or not example:
+        return None
+    shape: list[int] = [-1]
+    row: Any = example[0]
+    while isinstance(row, list):
+        if not row:
+            return None
+        shape.append(len(row))
+        row = row[0]
+    dtype = {bool: "bool", int: "int64", float: "float64", str: "string"}.get(type(row))
+    if dtype is None:
+        return None
+    return {"inputs": {"shape": shape, "dtype": dtype}}
 
 
 def verify(root: Path) -> dict[str, Any]:
     """Read the manifest and check every listed file's sha256; raise ModelDirError if not."""
     manifest = read_manifest(root)
+    entry_file = manifest["entry"].get("file")
+    if entry_file is not None and entry_file not in manifest["files"]:
+        raise ModelDirError(f"entry file {entry_file!r} is not listed with a sha256 in {MANIFEST}")
     for rel, expected in manifest["files"].items():
         target = (root / rel).resolve()
         if root.resolve() not in target.parents:
@@ -134,12 +184,26 @@ def save(
     """
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    if signature is None and example is not None:
+        signature = infer_signature(example)
+    if signature is None and framework == "sklearn":
+        signature = _sklearn_signature(obj)
+    if signature is not None:
+        check_signature(signature)
     root.mkdir(parents=True, exist_ok=True)
     entry = _SAVERS[framework](obj, root, options)
     write_manifest(
         root, framework, entry, signature=signature, example=example, created_by=created_by
     )
     return root
+
+
+def _sklearn_signature(obj: Any) -> dict[str, Any] | None:
+    # Fitted estimators record their input width; serving validates requests against it.
+    width = getattr(obj, "n_features_in_", None)
+    if isinstance(width, int) and width > 0:
+        return {"inputs": {"shape": [-1, width], "dtype": "float64"}}
+    return None
 
 
 def _save_sklearn(obj: Any, root: Path, options: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ class EndpointState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class PlanStep:
-    """One native call: ``call`` is ``"<Service>.<Operation>"``, ``request`` exactly what is sent."""
+    """One native call: ``call`` is ``"<Service>.<Operation>"``, ``request`` what is sent."""
 
     call: str
     request: Mapping[str, Any]

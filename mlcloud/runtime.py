@@ -137,10 +137,12 @@ def is_chief() -> bool:
 def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tuple[int, int]:
     """Initialise torch.distributed for this worker and return ``(rank, world_size)``.
 
-    The process group's store is namespaced by torchrun's restart generation: after a worker is
-    killed and the group restarts, keys left by the dead generation in the agent's store would
-    otherwise make gloo connect to peers that no longer exist (measured: hangs in 6 of 11
-    restarts without the prefix, 0 of 4 with it).
+    After a worker is killed and torchrun restarts the group, keys the dead generation left in
+    a store that outlives it make gloo connect to peers that no longer exist (measured: hangs in
+    6 of 11 restarts). So either the store is fresh for each rendezvous round (mlcloud's local
+    provider sets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: rank 0 creates it here, bound to
+    MASTER_ADDR only) or, with one agent sharing its store, keys are namespaced by the restart
+    count.
     """
     import datetime
 
@@ -156,17 +158,50 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tu
         torch.cuda.set_device(local_rank())
     timeout = datetime.timedelta(seconds=timeout_s)
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    base = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        size,
-        is_master=not agent_store and rank() == 0,
-        timeout=timeout,
-        wait_for_workers=False,
-    )
-    store = dist.PrefixStore(f"mlcloud/gen{restart_count()}", base)
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    if not agent_store and rank() == 0:
+        base = _store_server(addr, port, size, timeout)
+    else:
+        base = dist.TCPStore(addr, port, size, is_master=False, timeout=timeout)  # type: ignore[attr-defined]
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    if agent_store and nodes == 1:
+        # One agent: its restart count is every worker's generation.
+        store = dist.PrefixStore(f"mlcloud/gen{restart_count()}", base)  # type: ignore[attr-defined]
+    else:
+        # Agents on several nodes count restarts differently (a healthy node's agent restarts
+        # for a membership change without counting it), so the count is no shared generation.
+        # Without a shared agent store each round already has a fresh store on a new port.
+        store = base
     dist.init_process_group(backend, store=store, rank=rank(), world_size=size, timeout=timeout)
     return rank(), size
+
+
+def _store_server(addr: str, port: int, size: int, timeout: Any) -> Any:
+    """Rank 0's TCPStore, listening on MASTER_ADDR only (torch's own binds every interface).
+
+    TCPStore has no bind address, but adopts a listening socket (``master_listen_fd``) when
+    libuv is off. If MASTER_ADDR is not an address of this host, fall back to torch's default.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    try:
+        sock = socket.create_server((addr, port), reuse_port=False)
+    except OSError:
+        return dist.TCPStore(addr, port, size, is_master=True, timeout=timeout)  # type: ignore[attr-defined]
+    # detach(): the store's daemon owns the fd from now on; if Python closed it at exit while
+    # the daemon still polls it, the daemon aborts the process (exit -6 → a torchrun restart).
+    return dist.TCPStore(  # type: ignore[attr-defined]
+        addr,
+        port,
+        size,
+        is_master=True,
+        timeout=timeout,
+        wait_for_workers=False,
+        master_listen_fd=sock.detach(),
+        use_libuv=False,
+    )
 
 
 # ---- checkpoints ----------------------------------------------------------------------------

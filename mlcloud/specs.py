@@ -161,7 +161,9 @@ class TrainingJob(_Spec):
     def _no_reserved_env(cls, v: dict[str, str]) -> dict[str, str]:
         reserved = sorted(k for k in v if k.startswith("MLCLOUD_"))
         if reserved:
-            raise ValueError(f"{', '.join(reserved)}: MLCLOUD_* variables are set by mlcloud itself")
+            raise ValueError(
+                f"{', '.join(reserved)}: MLCLOUD_* variables are set by mlcloud itself"
+            )
         return v
 
     @model_validator(mode="after")
@@ -248,7 +250,7 @@ SPEC_KINDS: dict[str, type[BaseModel]] = {"job": TrainingJob, "deployment": Depl
 
 
 def spec_error(err: ValidationError, what: str) -> SpecError:
-    """Turn pydantic's errors into one SpecError whose lines name field, bad value and what's allowed."""
+    """pydantic's errors → one SpecError; each line names the field, bad value, what's allowed."""
     lines = []
     for e in err.errors(include_url=False):
         loc = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p)) or "(top level)"
@@ -269,7 +271,8 @@ def spec_error(err: ValidationError, what: str) -> SpecError:
 def _is_union_tag(part: object) -> bool:
     # pydantic puts the union branch ("int", "NodeRange", "constrained-str") into the location
     return isinstance(part, str) and (
-        part[:1].isupper() or part in {"int", "str", "float", "bool", "constrained-str"}
+        part[:1].isupper()
+        or part in {"int", "str", "float", "bool", "constrained-str"}
         or part.startswith(("constrained-", "function-"))
     )
 
@@ -319,7 +322,7 @@ def validate_spec(model: type[SpecT], data: object, what: str) -> SpecT:
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> TrainingJob:
-    """Load ``job.yaml``. Relative ``source`` and local input paths resolve against the file's dir."""
+    """Load ``job.yaml``; relative ``source`` and input paths resolve against the file's dir."""
     from mlcloud.yamlio import apply_overrides, read_yaml
 
     path = Path(path)

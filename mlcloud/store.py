@@ -136,7 +136,7 @@ class Store:
         row = _job_row(job)
         with self._tx() as db:
             db.execute(
-                f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "
+                f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608 (constant columns)
                 f"VALUES ({', '.join('?' for _ in _JOB_COLUMNS)})",
                 [row[c] for c in _JOB_COLUMNS],
             )
@@ -187,7 +187,7 @@ class Store:
             row_data = _job_row(job)
             cols = [c for c in _JOB_COLUMNS if c != "id"]
             db.execute(
-                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",  # noqa: S608
                 [row_data[c] for c in cols] + [job_id],
             )
             if changed or event:
@@ -221,7 +221,7 @@ class Store:
         row = _ep_row(ep)
         with self._tx() as db:
             db.execute(
-                f"INSERT OR REPLACE INTO endpoints ({', '.join(_EP_COLUMNS)}) "
+                f"INSERT OR REPLACE INTO endpoints ({', '.join(_EP_COLUMNS)}) "  # noqa: S608
                 f"VALUES ({', '.join('?' for _ in _EP_COLUMNS)})",
                 [row[c] for c in _EP_COLUMNS],
             )

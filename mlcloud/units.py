@@ -40,7 +40,7 @@ def parse_duration(value: object) -> int:
         raise ValueError("expected a duration like '90s', '30m', '1h30m' or a number of seconds")
     if not 0 < seconds < 366 * 86400:
         raise ValueError("a duration must be more than 0 seconds and less than a year")
-    return int(round(seconds))
+    return round(seconds)
 
 
 def format_duration(seconds: int) -> str:

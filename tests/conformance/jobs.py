@@ -31,6 +31,13 @@ from mlcloud.specs import TrainingJob, validate_spec
 LOG_LINE = "hello from mlcloud conformance"
 
 
+def _normalised(plan: Plan) -> str:
+    text = plan.to_json().replace(plan.id, "<id>")
+    for port in plan.context.get("ports", ()):
+        text = text.replace(str(port), "<port>")
+    return text
+
+
 class JobConformance:
     """Subclass me. See the module docstring for the hooks."""
 
@@ -65,7 +72,9 @@ class JobConformance:
         first = provider.plan_job(job)
         second = provider.plan_job(job)
         assert isinstance(first, Plan)
-        assert first.to_dict() == second.to_dict()
+        # Each plan may carry its own fresh job id (and ports picked for it); otherwise the
+        # same spec plans to the same request.
+        assert _normalised(first) == _normalised(second)
         data = json.loads(first.to_json())
         assert data["provider"] == provider.name
         assert data["type"] == provider.type

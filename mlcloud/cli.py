@@ -1,0 +1,520 @@
+"""The ``mlcloud`` command line.
+
+Start-up is kept cheap: this module imports only click; specs, providers and SDKs are imported
+inside the command that needs them (``mlcloud --help`` loads no pydantic, no cloud SDK).
+Every failure is one ``error:`` line plus a ``hint:`` line and a non-zero exit, never a
+traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from mlcloud.provider import EndpointRecord, JobRecord, Plan
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1  # the operation or the job failed
+EXIT_BAD_INPUT = 2  # bad spec / config / arguments (click uses 2 for usage errors too)
+
+
+def output_option(f: F) -> F:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="json: one JSON object or array on stdout, for scripts.",
+    )(f)
+
+
+def provider_option(f: F) -> F:
+    return click.option(
+        "-p",
+        "--provider",
+        metavar="NAME",
+        help="Profile in mlcloud.yaml or provider type (default: MLCLOUD_PROVIDER, the file's "
+        "default, local).",
+    )(f)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _ago(ts: float) -> str:
+    seconds = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _table(headers: list[str], rows: Iterable[list[str]]) -> None:
+    rows = list(rows)
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="mlcloud")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Train and serve the same job and model locally, on-prem, SageMaker, Vertex AI or Azure ML.
+
+    \b
+    mlcloud train examples/iris/job.yaml --follow     train (detached; --follow streams logs)
+    mlcloud deploy <job-id> --name iris               serve the job's model
+    mlcloud predict iris --data '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
+    """
+    ctx.obj = {"debug": debug}
+
+
+# ---- training -------------------------------------------------------------------------------
+@cli.command()
+@click.argument("file", default="job.yaml", type=click.Path(dir_okay=False))
+@provider_option
+@click.option("--dry-run", is_flag=True, help="Print the exact native request; send nothing.")
+@click.option("-f", "--follow", is_flag=True, help="Stream the logs until the job ends.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a field.")
+@output_option
+def train(
+    file: str,
+    provider: str | None,
+    dry_run: bool,
+    follow: bool,
+    overrides: tuple[str, ...],
+    output: str,
+) -> None:
+    """Run a training job described by FILE (default: job.yaml)."""
+    from mlcloud import api
+
+    prov = api.get_provider(provider)
+    plan = prov.plan_job(api._as_job(file, list(overrides)))
+    if dry_run:
+        _print_plan(plan, output)
+        return
+    record = prov.submit_job(plan)
+    if output == "json" and not follow:
+        emit_json(record.to_dict())
+        return
+    click.echo(f"submitted {record.id} to {prov.name} ({prov.type})", err=True)
+    if not follow:
+        click.echo(record.id)
+        click.echo(f"follow it with: mlcloud logs {record.id} -f", err=True)
+        return
+    for line in prov.job_logs(record.id, follow=True):
+        click.echo(line)
+    final = prov.job_status(record.id)
+    if output == "json":
+        emit_json(final.to_dict())
+    else:
+        _print_outcome(final)
+    if final.state != "SUCCEEDED":
+        sys.exit(EXIT_FAILED)
+
+
+def _print_plan(plan: Plan, output: str) -> None:
+    if output == "json":
+        click.echo(plan.to_json())
+        return
+    click.echo(f"# provider {plan.provider} ({plan.type}), {len(plan.steps)} call(s)")
+    for step in plan.steps:
+        click.echo(f"{step.call}:")
+        click.echo(json.dumps(step.request, indent=2, default=str))
+
+
+def _print_outcome(record: JobRecord) -> None:
+    click.echo(
+        f"job {record.id}: {record.state}" + (f" ({record.message})" if record.message else "")
+    )
+    for key, value in sorted(record.outputs.items()):
+        click.echo(f"  {key}: {value}")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def jobs(ctx: click.Context) -> None:
+    """List jobs (all providers) or show one."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(jobs_list)
+
+
+@jobs.command("list")
+@click.option("-p", "--provider", metavar="NAME", help="Only this profile's jobs.")
+@click.option("-n", "--limit", default=50, show_default=True)
+@output_option
+def jobs_list(provider: str | None = None, limit: int = 50, output: str = "text") -> None:
+    """Jobs recorded in the local state store, newest first."""
+    from mlcloud.store import Store
+
+    records = Store.open().list_jobs(provider=provider, limit=limit)
+    if output == "json":
+        emit_json([r.to_dict() for r in records])
+        return
+    if not records:
+        click.echo("no jobs yet: mlcloud train job.yaml", err=True)
+        return
+    _table(
+        ["id", "provider", "state", "created", "attempts", "exit"],
+        [
+            [r.id, r.provider, str(r.state), _ago(r.created_at), str(r.attempts),
+             "" if r.exit_code is None else str(r.exit_code)]
+            for r in records
+        ],
+    )  # fmt: skip
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@output_option
+def jobs_show(job_id: str, output: str) -> None:
+    """Refresh and show one job: state, attempts, outputs (model dir), history."""
+    from mlcloud import api
+
+    handle = api.job(job_id)
+    record = handle.status()
+    events = handle.provider.store.job_events(job_id)
+    if output == "json":
+        emit_json({**record.to_dict(), "events": events})
+        return
+    click.echo(f"id:        {record.id}")
+    click.echo(f"provider:  {record.provider} ({record.type})  native id: {record.native_id}")
+    click.echo(f"state:     {record.state}" + (f" ({record.message})" if record.message else ""))
+    click.echo(f"attempts:  {record.attempts}  exit code: {record.exit_code}")
+    for key, value in sorted(record.outputs.items()):
+        click.echo(f"{key + ':':<10} {value}")
+    click.echo("history:")
+    for e in events:
+        when = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
+        click.echo(f"  {when}  {e['state']:<10} {e['message'] or ''}")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
+def logs(job_id: str, follow: bool) -> None:
+    """Print a job's logs."""
+    from mlcloud import api
+
+    for line in api.job(job_id).logs(follow=follow):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("job_id")
+@output_option
+def cancel(job_id: str, output: str) -> None:
+    """Stop a job (idempotent)."""
+    from mlcloud import api
+
+    record = api.job(job_id).cancel()
+    if output == "json":
+        emit_json(record.to_dict())
+    else:
+        click.echo(f"job {record.id}: {record.state}")
+
+
+# ---- endpoints ------------------------------------------------------------------------------
+@cli.command()
+@click.argument("model")
+@click.option("-n", "--name", required=True, help="Endpoint name (re-deploying updates it).")
+@provider_option
+@click.option("--replicas", type=int, help="Fixed replica count.")
+@click.option("--min-replicas", type=int, help="Autoscaling lower bound.")
+@click.option("--max-replicas", type=int, help="Autoscaling upper bound.")
+@click.option("--port", type=int, help="Local provider: the endpoint's stable port.")
+@click.option("--host", help="Local provider: bind address (non-loopback requires a token).")
+@click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Server env var.")
+@click.option("--dry-run", is_flag=True, help="Print the exact native requests; change nothing.")
+@output_option
+def deploy(
+    model: str,
+    name: str,
+    provider: str | None,
+    replicas: int | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    port: int | None,
+    host: str | None,
+    env_pairs: tuple[str, ...],
+    dry_run: bool,
+    output: str,
+) -> None:
+    """Serve MODEL (a model directory, URI, or a job id) as endpoint --name."""
+    from mlcloud import api
+
+    prov = api.get_provider(provider)
+    deployment = api.build_deployment(
+        model,
+        name,
+        prov.store,
+        replicas=replicas,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        port=port,
+        host=host,
+        env=_pairs(env_pairs, "--env"),
+    )
+    plan = prov.plan_deploy(deployment)
+    if dry_run:
+        _print_plan(plan, output)
+        return
+    record = prov.deploy(plan)
+    if output == "json":
+        emit_json(record.to_dict())
+        return
+    click.echo(f"endpoint {record.name} is {record.state} at {record.url}")
+    click.echo(f"try: mlcloud predict {record.name} --data '{{\"instances\": [...]}}'", err=True)
+
+
+def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
+    from mlcloud.errors import SpecError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def endpoints(ctx: click.Context) -> None:
+    """List endpoints (all providers) or show one."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(endpoints_list)
+
+
+@endpoints.command("list")
+@click.option("-p", "--provider", metavar="NAME", help="Only this profile's endpoints.")
+@output_option
+def endpoints_list(provider: str | None = None, output: str = "text") -> None:
+    """Endpoints recorded in the local state store."""
+    from mlcloud.store import Store
+
+    records = Store.open().list_endpoints(provider=provider)
+    if output == "json":
+        emit_json([r.to_dict() for r in records])
+        return
+    if not records:
+        click.echo("no endpoints yet: mlcloud deploy <model dir or job id> --name NAME", err=True)
+        return
+    _table(
+        ["name", "provider", "state", "url", "source job"],
+        [[r.name, r.provider, str(r.state), r.url or "", r.source_job or ""] for r in records],
+    )
+
+
+@endpoints.command("show")
+@click.argument("name")
+@provider_option
+@output_option
+def endpoints_show(name: str, provider: str | None, output: str) -> None:
+    """Refresh and show one endpoint."""
+    from mlcloud import api
+
+    record = api.endpoint(name, provider).status()
+    _print_endpoint(record, output)
+
+
+def _print_endpoint(record: EndpointRecord, output: str) -> None:
+    if output == "json":
+        emit_json(record.to_dict())
+        return
+    for key in ("name", "provider", "type", "state", "url", "model", "model_sha256",
+                "source_job", "native_id", "message"):  # fmt: skip
+        value = getattr(record, key)
+        if value is not None:
+            click.echo(f"{key + ':':<14}{value}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-d", "--data", required=True, help="JSON, @file with JSON, or - for standard input.")
+@provider_option
+def predict(name: str, data: str, provider: str | None) -> None:
+    """Send one prediction request to endpoint NAME and print the JSON answer."""
+    from mlcloud import api
+    from mlcloud.errors import SpecError
+
+    if data == "-":
+        text = sys.stdin.read()
+    elif data.startswith("@"):
+        try:
+            text = Path(data[1:]).read_text(encoding="utf-8")
+        except OSError as e:
+            raise SpecError(f"--data {data}: cannot read the file: {e}") from None
+    else:
+        text = data
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(
+            f"--data is not valid JSON: {e}", hint="e.g. --data '{\"instances\": [[1, 2]]}'"
+        ) from None
+    emit_json(api.endpoint(name, provider).predict(payload))
+
+
+@cli.command()
+@click.argument("name")
+@provider_option
+def undeploy(name: str, provider: str | None) -> None:
+    """Remove endpoint NAME and everything it runs (idempotent)."""
+    from mlcloud import api
+    from mlcloud.errors import NotFoundLocally
+
+    try:
+        handle = api.endpoint(name, provider)
+    except NotFoundLocally:
+        click.echo(f"endpoint {name} does not exist (nothing to do)")
+        return
+    handle.undeploy()
+    click.echo(f"endpoint {name} removed")
+
+
+@cli.group()
+def image() -> None:
+    """Build the serving image every cloud deploys."""
+
+
+@image.command("build")
+@click.argument("model_dir", required=False, type=click.Path(file_okay=False, exists=True))
+@click.option("-t", "--tag", default="mlcloud-serve:latest", show_default=True)
+@output_option
+def image_build(model_dir: str | None, tag: str, output: str) -> None:
+    """Build the Bento (and the container image when a container engine is available)."""
+    try:
+        from serving.image import build_image
+    except ImportError as e:
+        from mlcloud.errors import ProviderUnavailable
+
+        raise ProviderUnavailable("serving", "pip install 'mlcloud[serve]'", str(e)) from None
+    result = build_image(Path(model_dir) if model_dir else None, tag)
+    if output == "json":
+        emit_json(result.to_dict() if hasattr(result, "to_dict") else vars(result))
+    else:
+        for key, value in vars(result).items():
+            click.echo(f"{key}: {value}")
+
+
+# ---- setup ----------------------------------------------------------------------------------
+@cli.command()
+@output_option
+def providers(output: str) -> None:
+    """Known providers, whether each is installed, and the configured profiles."""
+    from mlcloud import registry
+    from mlcloud.config import load_config
+
+    config = load_config()
+    rows: list[dict[str, Any]] = []
+    for entry in sorted(registry.entries().values(), key=lambda e: e.type):
+        ok = registry.is_installed(entry)
+        rows.append(
+            {  # str values only: printed in a table
+                "type": entry.type,
+                "installed": ok,
+                "origin": entry.origin,
+                "install": None if ok else entry.install,
+            }
+        )
+    profiles: list[dict[str, Any]] = [
+        {"name": p.name, "type": p.type, "source": p.source,
+         "default": p.name == config.default}
+        for p in config.profiles.values()
+    ]  # fmt: skip
+    if output == "json":
+        emit_json({"providers": rows, "profiles": profiles, "default": config.default,
+                   "warnings": list(registry.clashes())})  # fmt: skip
+        return
+    _table(
+        ["provider", "installed", "origin", "install"],
+        [[r["type"], "yes" if r["installed"] else "no", r["origin"], r["install"] or ""]
+         for r in rows],
+    )  # fmt: skip
+    click.echo("")
+    if profiles:
+        _table(
+            ["profile", "type", "from"],
+            [[p["name"] + (" (default)" if p["default"] else ""), p["type"], p["source"]]
+             for p in profiles],
+        )  # fmt: skip
+    else:
+        click.echo(
+            f"no mlcloud.yaml: default provider is {config.default} (mlcloud init writes one)"
+        )
+    for warning in registry.clashes():
+        click.echo(f"warning: {warning}", err=True)
+
+
+@cli.command()
+@click.option("--path", default="mlcloud.yaml", show_default=True, type=click.Path())
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: str, force: bool) -> None:
+    """Write a commented starter mlcloud.yaml."""
+    from mlcloud.config import STARTER
+    from mlcloud.errors import ConfigError
+
+    target = Path(path)
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists", hint="use --force to overwrite it")
+    target.write_text(STARTER, encoding="utf-8")
+    click.echo(f"wrote {target}")
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["job", "deployment"]), default="job")
+def schema(kind: str) -> None:
+    """Print the JSON Schema of job.yaml (or a deployment), for editors."""
+    from mlcloud.specs import json_schema
+
+    emit_json(json_schema(kind))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning mlcloud errors into one line + hint + exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, prog_name="mlcloud", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        from mlcloud.errors import ConfigError, MlcloudError, SpecError
+
+        if "--debug" in args or not isinstance(e, MlcloudError):
+            if not isinstance(e, MlcloudError) and "--debug" not in args:
+                click.echo(f"error: unexpected {type(e).__name__}: {e}", err=True)
+                click.echo("hint: rerun with --debug for the traceback", err=True)
+                sys.exit(EXIT_FAILED)
+            raise
+        click.echo(f"error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"hint: {e.hint}", err=True)
+        sys.exit(EXIT_BAD_INPUT if isinstance(e, (SpecError, ConfigError)) else EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Addresses, the bearer token, plain HTTP calls and the progress display of local endpoints.
+
+Plain ``urllib`` (with proxies disabled: these calls only ever go to this machine) keeps the
+CLI free of heavy imports.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SERVICE = "serving.service:MlcloudService"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+TOKEN_ENV = "MLCLOUD_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
+TOKEN_FILE = "api-token"  # noqa: S105 (a file name, not a secret)
+TIMEOUT_ENV = "MLCLOUD_DEPLOY_TIMEOUT"
+DEFAULT_TIMEOUT = 120.0
+DRAIN_TIMEOUT = 30.0
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def needs_token(host: str) -> bool:
+    """Anything but the loopback address we default to is exposure and needs a token."""
+    return host not in LOOPBACK
+
+
+def connect_host(host: str) -> str:
+    """Where this machine reaches a front bound to ``host`` (a wildcard is reached on loopback)."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 (not a bind)
+    return wildcard.get(host, host)
+
+
+def http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def api_token(home: Path, create: bool) -> str | None:
+    """The bearer token: ``$MLCLOUD_API_TOKEN``, else ``$MLCLOUD_HOME/api-token`` (mode 0600)."""
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    path = home / TOKEN_FILE
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if not create:
+            return None
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another deploy created it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def http(
+    method: str,
+    target: str,
+    body: bytes | None = None,
+    token: str | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, bytes]:
+    """One HTTP call; returns (status, body). Raises OSError when nothing answered."""
+    if not target.startswith("http://"):
+        raise ValueError(f"only plain http to this machine is used here, got {target!r}")
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(target, data=body, method=method, headers=headers)  # noqa: S310
+    try:
+        with _NO_PROXY.open(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def has_bentoml() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bentoml") is not None
+
+
+class Progress:
+    """A spinner on stderr (rich) while the deploy waits; or a caller-supplied callback."""
+
+    def __init__(self, callback: Callable[[str], None] | None) -> None:
+        self.callback = callback
+        self._status: Any = None
+
+    def __enter__(self) -> Callable[[str], None]:
+        if self.callback is not None:
+            return self.callback
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return lambda _msg: None
+        self._status = console.status("deploying")
+        self._status.__enter__()
+        return lambda msg: self._status.update(msg)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)

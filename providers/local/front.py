@@ -1,0 +1,217 @@
+"""The stable front of a local endpoint: a tiny HTTP reverse proxy, one process per endpoint.
+
+Why a front at all: a model update must not change the address callers use, and must not fail
+a single request. The front owns the endpoint's port for the endpoint's whole life; the BentoML
+servers behind it come and go on private 127.0.0.1 ports.
+
+Design (the simplest one that is sound):
+
+* The upstream list lives in ``<state dir>/upstreams.json`` (``{"generation": n, "upstreams":
+  [url, ...]}``). The deployer replaces it atomically (write + ``os.replace``); the front
+  re-reads it whenever its ``stat`` changes, checked on every request (a few microseconds). No
+  control port exists, so there is nothing extra to secure.
+* ``GET /-/mlcloud/front`` reloads the file and answers the generation in force and the number
+  of requests in flight per upstream. The deployer uses it to confirm a switch and then to wait
+  until the old servers have drained before stopping them.
+* Requests go round-robin over the current upstreams. A request that could not reach its
+  upstream (connection refused/reset before a response) is retried on the current list: model
+  predictions are pure, so a retry is safe, and it covers a backend that died or was stopped.
+* Pooled keep-alive connections expire before the backends' own idle timeout, so the front never
+  reuses a connection the backend is closing.
+* When bound beyond loopback, every request needs ``Authorization: Bearer <token>``, compared in
+  constant time. The token arrives on stdin (never argv, env or the state store).
+
+Run: ``python -m providers.local.front --host H --port P --state-dir D [--token-stdin]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+
+UPSTREAMS_FILE = "upstreams.json"
+CONTROL_PATH = "/-/mlcloud/front"
+# Hop-by-hop headers (RFC 9110 §7.6.1) and ones the proxy recomputes.
+_DROP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "authorization",
+    }
+)
+_ATTEMPTS = 4
+log = logging.getLogger("mlcloud.front")
+
+
+def write_upstreams(state_dir: Path, generation: int, upstreams: list[str]) -> None:
+    """Atomically publish a new upstream list (used by the deployer)."""
+    target = state_dir / UPSTREAMS_FILE
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"generation": generation, "upstreams": upstreams}))
+    os.replace(tmp, target)
+
+
+class Upstreams:
+    """The current upstream list, reloaded from the state file when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.generation = -1
+        self.urls: list[str] = []
+        self.inflight: dict[str, int] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._rr = itertools.count()
+
+    def reload(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return  # a torn read cannot happen with os.replace; keep the old list regardless
+        self._stamp = stamp
+        urls = [str(u) for u in data.get("upstreams", [])]
+        if urls and int(data.get("generation", 0)) != self.generation:
+            log.info("switching to generation %s: %s", data.get("generation"), urls)
+            self.generation = int(data["generation"])
+            self.urls = urls
+
+    def pick(self) -> str | None:
+        self.reload()
+        if not self.urls:
+            return None
+        return self.urls[next(self._rr) % len(self.urls)]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def make_app(state_dir: Path, token: str | None, max_body: int) -> web.Application:
+    upstreams = Upstreams(state_dir / UPSTREAMS_FILE)
+    expected = f"Bearer {token}".encode() if token else None
+    app = web.Application(client_max_size=max_body)
+
+    async def on_startup(app: web.Application) -> None:
+        # keepalive below uvicorn's 5 s idle timeout: never reuse a connection being closed.
+        connector = TCPConnector(limit=0, keepalive_timeout=2.0)
+        app["client"] = ClientSession(
+            connector=connector,
+            timeout=ClientTimeout(total=None, sock_connect=5),
+            auto_decompress=False,
+        )
+
+    async def on_cleanup(app: web.Application) -> None:
+        await app["client"].close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+
+    @web.middleware
+    async def auth(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                resp = _error(401, "missing or invalid bearer token (Authorization: Bearer …)")
+                resp.headers["WWW-Authenticate"] = "Bearer"
+                return resp
+        return await handler(request)
+
+    app.middlewares.append(auth)
+
+    async def control(request: web.Request) -> web.Response:
+        upstreams.reload()
+        return web.json_response(
+            {
+                "pid": os.getpid(),
+                "generation": upstreams.generation,
+                "upstreams": upstreams.urls,
+                "inflight": {u: n for u, n in upstreams.inflight.items() if n},
+            }
+        )
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"request body is larger than the limit of {max_body} bytes")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
+        session: ClientSession = request.app["client"]
+        last_error = "no upstream is configured yet"
+        for attempt in range(_ATTEMPTS):
+            url = upstreams.pick()
+            if url is None:
+                break
+            upstreams.inflight[url] = upstreams.inflight.get(url, 0) + 1
+            try:
+                async with session.request(
+                    request.method, url + request.rel_url.raw_path_qs, headers=headers, data=body
+                ) as resp:
+                    payload = await resp.read()
+                    out = web.Response(status=resp.status, body=payload)
+                    for k, v in resp.headers.items():
+                        if k.lower() not in _DROP:
+                            out.headers.add(k, v)
+                    return out
+            except (TimeoutError, ClientError, OSError) as exc:
+                # Nothing came back: the backend is gone or going; try the current list again.
+                last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("attempt %d to %s failed: %s", attempt + 1, url, last_error)
+                await asyncio.sleep(0.05 * (attempt + 1))
+            finally:
+                upstreams.inflight[url] -= 1
+        return _error(502, f"no backend of this endpoint answered ({last_error})")
+
+    app.router.add_get(CONTROL_PATH, control)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m providers.local.front")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument(
+        "--token-stdin", action="store_true", help="read the bearer token from stdin"
+    )
+    parser.add_argument("--max-body", type=int, default=10 * 1024 * 1024)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [front] %(message)s")
+    token = None
+    if args.token_stdin:
+        token = sys.stdin.readline().strip()
+        if not token:
+            sys.exit("front: --token-stdin given but no token arrived on stdin")
+    app = make_app(args.state_dir, token, args.max_body)
+    log.info("listening on %s:%d (auth %s)", args.host, args.port, "on" if token else "off")
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

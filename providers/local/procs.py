@@ -1,0 +1,82 @@
+"""Process bookkeeping for local jobs.
+
+Every process of a job carries ``MLCLOUD_JOB_ID`` in its environment, which is how the job's
+processes are found even when they left its process group: torchrun starts each worker in a
+session of its own, so killing the agent's group would orphan the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+import psutil
+
+from mlcloud.runtime import ENV_JOB_ID
+
+
+def identity(pid: int) -> dict[str, Any]:
+    """pid plus start time, so a recycled pid is never mistaken for our process."""
+    try:
+        return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+    except psutil.Error:
+        return {"pid": pid, "create_time": None}
+
+
+def alive(ident: dict[str, Any]) -> bool:
+    try:
+        proc = psutil.Process(int(ident["pid"]))
+        if ident.get("create_time") is not None and proc.create_time() != ident["create_time"]:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def job_processes(job_id: str) -> list[psutil.Process]:
+    """Live processes whose environment names this job (ours only: others' are unreadable)."""
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(ENV_JOB_ID) == job_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def signal_processes(procs: list[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except psutil.Error:
+            continue
+
+
+def kill_job_processes(job_id: str, grace: float, groups: list[int] | None = None) -> int:
+    """SIGTERM every process of the job (and the given process groups), SIGKILL after ``grace``.
+
+    Returns how many processes had to be SIGKILLed.
+    """
+    for pgid in groups or ():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    signal_processes(job_processes(job_id), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not job_processes(job_id):
+            break
+        time.sleep(0.1)
+    for pgid in groups or ():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    stragglers = job_processes(job_id)
+    signal_processes(stragglers, signal.SIGKILL)
+    psutil.wait_procs(stragglers, timeout=5)
+    return len(stragglers)

@@ -1,0 +1,161 @@
+"""The provider conformance suite, endpoint half: deploy → ready → predict → update → undeploy.
+
+A provider joins by subclassing :class:`EndpointConformance` in its own test module (like the
+job half in ``jobs.py``) and supplying the hooks below. Every provider runs the same tests
+against its real SDK and its local far end.
+
+Hooks a subclass provides:
+
+* fixture ``provider`` -> a ready ``Provider`` (its store under a temp ``MLCLOUD_HOME``)
+* ``model_uri(root, variant)`` -> the ``model`` of a Deployment for variant ``"a"`` or ``"b"``:
+  two models whose predictions for ``PAYLOAD`` differ (``predicted(variant)`` each). The default
+  writes a custom-framework model dir under ``root`` whose predictor answers the variant name.
+* ``make_deployment(name, model)`` -> ``Deployment`` (default: one replica, nothing else)
+* ``settle_endpoint(provider, record)`` -> drive a deploy to its end: a real backend has
+  already waited for readiness; a fake backend flips the endpoint the way the cloud would
+* ``unsupported_deployment(model)`` -> a deployment using a feature the provider lacks, or ``None``
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from mlcloud import modeldir
+from mlcloud.errors import MlcloudError, NotFoundLocally, Transient, UnsupportedFeature
+from mlcloud.provider import EndpointRecord, EndpointState, Plan, Provider
+from mlcloud.specs import Deployment
+
+PAYLOAD: dict[str, Any] = {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+BAD_PAYLOADS: tuple[Any, ...] = (
+    {"instances": "not a list of rows"},
+    {"no_instances_key": [[1.0]]},
+    {"instances": []},
+)
+
+_PREDICTOR = '''"""A conformance model: answers {answer!r} for every row."""
+
+
+class Predictor:
+    def predict(self, inputs):
+        return [{answer!r} for _ in inputs]
+'''
+
+
+def make_custom_model(root: Path, answer: str) -> Path:
+    """A custom-framework model dir whose predictor answers ``answer`` for every row."""
+    src = root / f"src-{answer}"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "conformance_predictor.py").write_text(_PREDICTOR.format(answer=answer))
+    return modeldir.save(
+        src, "custom", root / f"model-{answer}", predictor="conformance_predictor:Predictor"
+    )
+
+
+def _normalised(plan: Plan) -> str:
+    text = plan.to_json()
+    for port in plan.context.get("ports", ()):
+        text = text.replace(str(port), "<port>")
+    return text
+
+
+class EndpointConformance:
+    """Subclass me. See the module docstring for the hooks."""
+
+    endpoint_name: ClassVar[str] = "conformance-ep"
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def model_uri(self, root: Path, variant: str) -> str:
+        return str(make_custom_model(root, variant))
+
+    def predicted(self, variant: str) -> list[Any]:
+        """What the variant's model answers for ``PAYLOAD``."""
+        return [variant] * len(PAYLOAD["instances"])
+
+    def make_deployment(self, name: str, model: str) -> Deployment:
+        return Deployment(name=name, model=model)
+
+    def settle_endpoint(self, provider: Provider, record: EndpointRecord) -> EndpointRecord:
+        return provider.endpoint_status(record.name)
+
+    def unsupported_deployment(self, model: str) -> Deployment | None:
+        return None
+
+    @staticmethod
+    def predictions(result: Any) -> list[Any]:
+        assert isinstance(result, dict) and "predictions" in result, result
+        return list(result["predictions"])
+
+    # ---- plan --------------------------------------------------------------------------------
+    def test_plan_deploy_is_pure_and_printable(self, provider: Provider, tmp_path: Path) -> None:
+        deployment = self.make_deployment(self.endpoint_name, self.model_uri(tmp_path, "a"))
+        first = provider.plan_deploy(deployment)
+        second = provider.plan_deploy(deployment)
+        assert isinstance(first, Plan) and first.kind == "deploy"
+        assert _normalised(first) == _normalised(second)
+        data = json.loads(first.to_json())
+        assert data["provider"] == provider.name and data["type"] == provider.type
+        assert data["steps"], "a plan has at least one native call"
+        for step in data["steps"]:
+            service, _, operation = step["call"].partition(".")
+            assert service and operation, step["call"]
+            assert isinstance(step["request"], dict)
+        assert provider.list_endpoints() == [], "plan_deploy wrote state"
+
+    def test_unsupported_feature_raised_at_plan_time(
+        self, provider: Provider, tmp_path: Path
+    ) -> None:
+        deployment = self.unsupported_deployment(self.model_uri(tmp_path, "a"))
+        if deployment is None:
+            pytest.skip(f"{provider.type} supports every feature a deployment can ask for")
+        with pytest.raises(UnsupportedFeature) as err:
+            provider.plan_deploy(deployment)
+        assert err.value.provider.startswith(provider.type)
+
+    # ---- unknown endpoints -------------------------------------------------------------------
+    def test_unknown_endpoint_is_a_clear_error(self, provider: Provider) -> None:
+        for call in (provider.endpoint_status, lambda n: provider.predict(n, PAYLOAD)):
+            with pytest.raises(MlcloudError) as err:
+                call("no-such-endpoint")
+            assert "no-such-endpoint" in str(err.value)
+
+    def test_undeploy_unknown_is_a_noop(self, provider: Provider) -> None:
+        assert provider.undeploy("no-such-endpoint") is None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def test_deploy_predict_update_undeploy(self, provider: Provider, tmp_path: Path) -> None:
+        name = self.endpoint_name
+        model_a, model_b = self.model_uri(tmp_path, "a"), self.model_uri(tmp_path, "b")
+        try:
+            record = provider.deploy(provider.plan_deploy(self.make_deployment(name, model_a)))
+            record = self.settle_endpoint(provider, record)
+            assert record.state is EndpointState.READY, record.message
+            assert record.name == name and record.provider == provider.name
+            assert record.type == provider.type and record.url
+            assert name in {e.name for e in provider.list_endpoints()}
+            assert self.predictions(provider.predict(name, PAYLOAD)) == self.predicted("a")
+
+            # Bad payloads are the caller's fault: a clear error, never a retryable 5xx.
+            for bad in BAD_PAYLOADS:
+                with pytest.raises(MlcloudError) as err:
+                    provider.predict(name, bad)
+                assert not isinstance(err.value, Transient), err.value
+                assert str(err.value).strip()
+
+            # Re-deploying the name updates it in place, behind the same address.
+            updated = provider.deploy(provider.plan_deploy(self.make_deployment(name, model_b)))
+            updated = self.settle_endpoint(provider, updated)
+            assert updated.state is EndpointState.READY, updated.message
+            assert updated.url == record.url
+            assert updated.model_sha256 != record.model_sha256
+            assert self.predictions(provider.predict(name, PAYLOAD)) == self.predicted("b")
+            assert [e.name for e in provider.list_endpoints()].count(name) == 1
+        finally:
+            gone = provider.undeploy(name)
+        assert gone is not None and gone.state is EndpointState.DELETED
+        assert provider.undeploy(name) is None, "undeploy is idempotent"
+        with pytest.raises(NotFoundLocally):
+            provider.store.get_endpoint(name, provider=provider.name)
