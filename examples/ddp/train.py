@@ -61,6 +61,8 @@ def main() -> None:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     print(f"[rank {rank}] steps/s: {(steps - start) / elapsed:.2f}", flush=True)
+    if world > 1:
+        torch.distributed.destroy_process_group()
     if runtime.is_chief():
         runtime.save_model(torch.jit.script(model.cpu()), framework="pytorch")
         print(f"model saved to {runtime.model_dir()}", flush=True)
