@@ -1,0 +1,107 @@
+"""The CLI as users run it: a real subprocess, exit codes, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import MLCLOUD, REPO
+
+# Not plain "google.cloud": google-cloud-aiplatform installs an nspkg .pth file that creates the
+# empty google.cloud namespace at interpreter start-up, before any mlcloud code runs.
+HEAVY = ("boto3", "botocore", "google.cloud.aiplatform", "google.cloud.aiplatform_v1",
+         "google.cloud.storage", "google.api_core", "azure", "bentoml", "torch", "fastapi",
+         "sklearn", "pydantic", "yaml")  # fmt: skip
+
+
+def run(*args: str, cwd: Path | None = None, stdin: str | None = None):
+    return subprocess.run(
+        [*MLCLOUD, *args], cwd=cwd, capture_output=True, text=True, input=stdin, timeout=120
+    )
+
+
+def test_cli_import_loads_no_heavy_module() -> None:
+    code = (
+        "import sys, mlcloud.cli; "
+        f"print([m for m in {HEAVY!r} if any(k == m or k.startswith(m + '.') for k in sys.modules)])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_lists_commands() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("train", "jobs", "logs", "cancel", "deploy", "endpoints", "predict", "undeploy",
+                "providers", "init", "schema", "image"):  # fmt: skip
+        assert cmd in out.stdout
+
+
+def test_bad_spec_is_one_error_line_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "job.yaml").write_text("name: Bad Name\ncommand: python\nnodes: -1\n")
+    out = run("train", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: invalid job file")
+    assert "name:" in out.stderr and "nodes:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_job_file(tmp_path: Path) -> None:
+    out = run("train", cwd=tmp_path)
+    assert out.returncode == 2 and "job file not found" in out.stderr and "hint:" in out.stderr
+
+
+def test_unknown_provider_has_hint(tmp_path: Path) -> None:
+    out = run("train", str(REPO / "examples/iris/job.yaml"), "--provider", "nimbus", "--dry-run")
+    assert out.returncode == 2
+    assert "unknown provider or profile 'nimbus'" in out.stderr
+    assert "hint:" in out.stderr and "sagemaker" in out.stderr
+
+
+def test_unknown_job_exit_1() -> None:
+    for args in (("logs", "nope-000000"), ("cancel", "nope-000000"), ("jobs", "show", "x")):
+        out = run(*args)
+        assert out.returncode == 1 and out.stderr.startswith("error: no job"), out.stderr
+
+
+def test_dry_run_json_is_the_plan(tmp_path: Path) -> None:
+    out = run("train", str(REPO / "examples/iris/job.yaml"), "--dry-run", "--output", "json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["provider"] == "local" and plan["type"] == "local"
+    (step,) = plan["steps"]
+    assert step["call"] == "local.Popen" and step["request"]["argv"] == ["python", "train.py"]
+    assert run("jobs", "list", "--output", "json").stdout.strip() == "[]"  # nothing submitted
+
+
+def test_dry_run_text_and_set(tmp_path: Path) -> None:
+    out = run("train", str(REPO / "examples/iris/job.yaml"), "--dry-run",
+              "--set", "hyperparameters.C=0.5")  # fmt: skip
+    assert out.returncode == 0 and "local.Popen" in out.stdout and '\\"C\\": 0.5' in out.stdout
+
+
+def test_schema_and_init_and_providers(tmp_path: Path) -> None:
+    schema = json.loads(run("schema", "job").stdout)
+    assert schema["title"] == "TrainingJob"
+    assert run("init", cwd=tmp_path).returncode == 0
+    again = run("init", cwd=tmp_path)
+    assert again.returncode == 2 and "--force" in again.stderr
+    data = json.loads(run("providers", "--output", "json", cwd=tmp_path).stdout)
+    assert {p["type"] for p in data["providers"]} >= {"local", "sagemaker", "vertex", "azureml"}
+    assert data["default"] == "local" and data["profiles"][0]["name"] == "local"
+
+
+def test_predict_bad_json_is_clear() -> None:
+    out = run("predict", "iris", "--data", "{not json")
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
+
+
+def test_undeploy_unknown_is_idempotent() -> None:
+    out = run("undeploy", "ghost")
+    assert out.returncode == 0 and "nothing to do" in out.stdout
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    out = run("--debug", "logs", "nope-000000")
+    assert out.returncode != 0 and "Traceback" in out.stderr

@@ -1,0 +1,104 @@
+"""Provider registry: built-ins, entry-point plugins (a real installed distribution), install hints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mlcloud import registry
+from mlcloud.config import Profile
+from mlcloud.errors import ProviderUnavailable
+from mlcloud.store import Store
+from tests.conftest import MLCLOUD
+
+PLUGIN_SRC = Path(__file__).parent / "plugin_src" / "mlcloud_testplugin"
+
+
+def install_plugin(site: Path, entries: dict[str, str], dist: str = "mlcloud_testplugin") -> Path:
+    """Lay out an installed distribution (package + .dist-info with entry_points.txt)."""
+    shutil.copytree(PLUGIN_SRC, site / "mlcloud_testplugin", dirs_exist_ok=True)
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = "\n".join(f"{k} = {v}" for k, v in entries.items())
+    (info / "entry_points.txt").write_text(f"[mlcloud.providers]\n{lines}\n")
+    return site
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    site = install_plugin(
+        tmp_path / "site",
+        {
+            "echo": "mlcloud_testplugin:EchoProvider",
+            "local": "mlcloud_testplugin:EchoProvider",  # clashes with a built-in
+            "broken": "mlcloud_testplugin_missing:Nope",
+        },
+    )
+    monkeypatch.syspath_prepend(str(site))
+    registry.refresh()
+    yield site
+    registry.refresh()
+
+
+def test_builtins_present() -> None:
+    assert {"local", "sagemaker", "vertex", "azureml"} <= registry.known_types()
+    assert registry.entries()["local"].target == "providers.local:LocalProvider"
+    assert registry.is_installed(registry.entries()["local"])
+
+
+def test_entry_point_plugin_is_discovered_and_works(plugin_site: Path, tmp_path: Path) -> None:
+    assert "echo" in registry.known_types()
+    assert registry.entries()["echo"].origin == "mlcloud_testplugin"
+    provider = registry.get_provider(Profile("echo", "echo"), Store.open())
+    from mlcloud.specs import TrainingJob
+
+    record = provider.submit_job(provider.plan_job(TrainingJob(name="e", command=["hi", "x"])))
+    assert list(provider.job_logs(record.id)) == ["hi x"]
+
+
+def test_clash_with_builtin_is_reported_not_applied(plugin_site: Path) -> None:
+    assert registry.entries()["local"].target == "providers.local:LocalProvider"
+    assert any("'local'" in c for c in registry.clashes())
+
+
+def test_broken_plugin_is_provider_unavailable(plugin_site: Path) -> None:
+    with pytest.raises(ProviderUnavailable):
+        registry.provider_class("broken")
+
+
+def test_missing_extra_gives_pip_line() -> None:
+    entry = registry.ProviderEntry(
+        "fake", "json:JSONDecoder", ("no_such_sdk_xyz",), "pip install 'mlcloud[x]'"
+    )
+    assert not registry.is_installed(entry)
+    err = ProviderUnavailable("fake", entry.install, "No module named 'no_such_sdk_xyz'")
+    assert "pip install 'mlcloud[x]'" in (err.hint or "")
+
+
+def test_cli_sees_plugin(plugin_site: Path, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{plugin_site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    out = subprocess.run(
+        [*MLCLOUD, "providers", "--output", "json"], env=env, cwd=tmp_path,
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    data = json.loads(out.stdout)
+    echo = next(p for p in data["providers"] if p["type"] == "echo")
+    assert echo["installed"] and echo["origin"] == "mlcloud_testplugin"
+    assert any("'local'" in w for w in data["warnings"])
+    (tmp_path / "job.yaml").write_text("name: e\ncommand: [say, hello]\n")
+    plan = subprocess.run(
+        [*MLCLOUD, "train", "--provider", "echo", "--dry-run", "--output", "json"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(plan.stdout)["steps"] == [
+        {"call": "echo.Run", "request": {"command": ["say", "hello"]}}
+    ]
