@@ -25,7 +25,8 @@ def run(*args: str, cwd: Path | None = None, stdin: str | None = None):
 def test_cli_import_loads_no_heavy_module() -> None:
     code = (
         "import sys, mlcloud.cli; "
-        f"print([m for m in {HEAVY!r} if any(k == m or k.startswith(m + '.') for k in sys.modules)])"
+        f"print([m for m in {HEAVY!r} "
+        "if any(k == m or k.startswith(m + '.') for k in sys.modules)])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

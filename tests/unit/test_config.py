@@ -94,5 +94,5 @@ def test_profile_settings_errors_name_profile(tmp_path: Path) -> None:
     from mlcloud.config import Profile
     from providers.local.settings import LocalSettings
 
-    with pytest.raises(ConfigError, match="profile 'lab'.*cancel_grace"):
+    with pytest.raises(ConfigError, match=r"profile 'lab'.*cancel_grace"):
         profile_settings(LocalSettings, Profile("lab", "local", {"cancel_grace": -1}))

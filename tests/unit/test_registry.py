@@ -1,4 +1,4 @@
-"""Provider registry: built-ins, entry-point plugins (a real installed distribution), install hints."""
+"""Provider registry: built-ins, entry-point plugins (a real installed dist), install hints."""
 
 from __future__ import annotations
 
