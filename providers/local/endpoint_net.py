@@ -20,7 +20,6 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 TOKEN_ENV = "MLCLOUD_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
 TOKEN_FILE = "api-token"  # noqa: S105 (a file name, not a secret)
 TIMEOUT_ENV = "MLCLOUD_DEPLOY_TIMEOUT"
-DEFAULT_TIMEOUT = 120.0
 DRAIN_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -82,6 +82,24 @@ def reap(ident: Mapping[str, Any]) -> None:
         os.waitpid(int(ident["pid"]), os.WNOHANG)
 
 
+def workers(ident: Mapping[str, Any]) -> set[int]:
+    """Live BentoML worker processes under a ``bentoml serve`` arbiter."""
+    try:
+        children = psutil.Process(int(ident["pid"])).children(recursive=True)
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return set()
+    found = set()
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(
+                child.cmdline()
+            ):
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
 def tagged(prefix: str) -> list[psutil.Process]:
     """Live processes whose ``MLCLOUD_ENDPOINT_TAG`` starts with ``prefix``."""
     found = []

@@ -42,7 +42,6 @@ from mlcloud.errors import (
 from mlcloud.provider import EndpointRecord, EndpointState, Plan
 from providers.local import endpoint_procs as procs
 from providers.local.endpoint_net import (
-    DEFAULT_TIMEOUT,
     DRAIN_TIMEOUT,
     TIMEOUT_ENV,
     TOKEN_ENV,
@@ -92,10 +91,27 @@ class LocalEndpoints:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _timeout(self) -> float:
-        raw = os.environ.get(TIMEOUT_ENV)
+    def _deploy_running(self, name: str) -> bool:
+        """Whether some process holds the endpoint's deploy lock right now."""
         try:
-            return float(raw) if raw else DEFAULT_TIMEOUT
+            with open(self.dir(name) / ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                return False
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def _timeout(self) -> float:
+        """The profile's ``deploy_timeout``; ``MLCLOUD_DEPLOY_TIMEOUT`` overrides it per call."""
+        raw = os.environ.get(TIMEOUT_ENV)
+        if not raw:
+            from providers.local.jobs import settings
+
+            return settings(self.provider).deploy_timeout
+        try:
+            return float(raw)
         except ValueError:
             raise SpecError(f"{TIMEOUT_ENV}={raw!r} must be a number of seconds") from None
 
@@ -147,8 +163,7 @@ class LocalEndpoints:
         name, generation = plan.id, int(ctx["generation"])
         token = api_token(self.home, create=True) if ctx["auth"] else None
         front = dict(old.details["front"]) if old else None
-        if old is not None:  # work on a copy: ``old`` is what a failed update restores
-            old.details = json.loads(json.dumps(old.details))
+        # Work on a copy: ``old`` is what a failed update puts back.
         record = (
             replace(old, details=json.loads(json.dumps(old.details)))
             if old
@@ -195,8 +210,8 @@ class LocalEndpoints:
             self._wait_switched(front, generation, token)
         except BaseException as exc:
             self._abandon(record, old, started, generation)
-            if isinstance(exc, MlcloudError):
-                raise
+            if isinstance(exc, MlcloudError) or not isinstance(exc, Exception):
+                raise  # ours, or Ctrl-C / SystemExit: unchanged
             raise self._error(ProviderError, f"deploy of {name!r} failed: {exc}") from exc
 
         # 3. drain and stop the previous generation
@@ -242,25 +257,25 @@ class LocalEndpoints:
         )
         procs.stop(started, procs.tag(self.home, record.name, f"server-g{generation}-"))
         old.details["front"] = record.details.get("front")  # a restarted front stays recorded
-        old.state = EndpointState.READY
-        old.message = f"the update to generation {generation} failed; still serving the old model"
+        old.message = f"the update to generation {generation} failed; the old model still serves"
         self.store.put_endpoint(old)
 
     def _wait_servers_ready(
         self, servers: list[dict[str, Any]], show: Callable[[str], None]
     ) -> None:
+        """Poll /readyz of each new server until all answer 200; fail fast on a crash."""
         timeout = self._timeout()
-        deadline = time.monotonic() + timeout
-        pending = list(servers)
         start = time.monotonic()
+        pending = list(servers)
+        seen: dict[int, set[int]] = {s["pid"]: set() for s in servers}
         while pending:
             for server in list(pending):
-                if not procs.alive(server):
-                    procs.reap(server)
+                crashed = self._crashed(server, seen[server["pid"]])
+                if crashed:
                     raise self._error(
                         ProviderError,
-                        f"the new server on port {server['port']} exited before it was ready; "
-                        f"its log ({server['log']}) ends:\n{procs.log_tail(server['log'])}",
+                        f"the new server on port {server['port']} {crashed} before it was "
+                        f"ready; its log ({server['log']}) ends:\n{procs.log_tail(server['log'])}",
                         code="ServerExited",
                     )
                 try:
@@ -275,7 +290,7 @@ class LocalEndpoints:
             show(
                 f"waiting for {len(pending)}/{len(servers)} server(s) to be ready ({elapsed:.0f}s)"
             )
-            if time.monotonic() > deadline:
+            if elapsed > timeout:
                 server = pending[0]
                 raise self._error(
                     Transient,
@@ -285,6 +300,22 @@ class LocalEndpoints:
                     hint=f"raise {TIMEOUT_ENV} if the model needs longer to load",
                 )
             time.sleep(0.2)
+
+    @staticmethod
+    def _crashed(server: dict[str, Any], seen: set[int]) -> str | None:
+        """Why a starting server is beyond hope, or None.
+
+        BentoML's arbiter restarts a worker whose model failed to load, forever; a worker that
+        exits before the server was ever ready is a load failure, not a blip.
+        """
+        if not procs.alive(server):
+            procs.reap(server)
+            return "exited"
+        now = procs.workers(server)
+        if seen - now:
+            return "lost a worker (the model failed to load)"
+        seen |= now
+        return None
 
     def _front_state(self, front: dict[str, Any], token: str | None) -> dict[str, Any] | None:
         url = http_url(connect_host(front["host"]), front["port"]) + CONTROL_PATH
@@ -322,6 +353,14 @@ class LocalEndpoints:
     # ---- status / predict / undeploy ---------------------------------------------------------
     def endpoint_status(self, name: str) -> EndpointRecord:
         record = self.store.get_endpoint(name, provider=self.provider.name)
+        if record.state in (EndpointState.CREATING, EndpointState.UPDATING):
+            if self._deploy_running(name):
+                return record
+            record.state = EndpointState.FAILED  # the deploy died without finishing
+            record.message = (
+                f"a deploy was interrupted; run mlcloud undeploy {name} and deploy again"
+            )
+            return self.store.put_endpoint(record)
         if record.state is not EndpointState.READY:
             return record
         dead = []

@@ -36,8 +36,10 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+if TYPE_CHECKING:  # aiohttp is imported where the proxy runs, not by the deployer
+    from aiohttp import web
 
 UPSTREAMS_FILE = "upstreams.json"
 CONTROL_PATH = "/-/mlcloud/front"
@@ -106,11 +108,12 @@ class Upstreams:
         return self.urls[next(self._rr) % len(self.urls)]
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 def make_app(state_dir: Path, token: str | None, max_body: int) -> web.Application:
+    from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+
+    def _error(status: int, message: str) -> web.Response:
+        return web.json_response({"error": message}, status=status)
+
     upstreams = Upstreams(state_dir / UPSTREAMS_FILE)
     expected = f"Bearer {token}".encode() if token else None
     app = web.Application(client_max_size=max_body)
@@ -210,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("front: --token-stdin given but no token arrived on stdin")
     app = make_app(args.state_dir, token, args.max_body)
     log.info("listening on %s:%d (auth %s)", args.host, args.port, "on" if token else "off")
+    from aiohttp import web
+
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 
 

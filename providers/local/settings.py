@@ -17,4 +17,7 @@ class LocalSettings(BaseModel):
         default=None, ge=1, description="torchrun agents to start on this machine"
     )
     cancel_grace: float = Field(default=10.0, gt=0, le=600, description="SIGTERM → SIGKILL, s")
+    deploy_timeout: float = Field(
+        default=120.0, gt=0, le=3600, description="seconds to wait for a deployment to be ready"
+    )
     python: str | None = Field(default=None, description="interpreter for torchrun and helpers")

@@ -1,0 +1,230 @@
+"""TrainingJob -> the proto-JSON of ``aiplatform_v1.CreateCustomJobRequest`` (pure).
+
+The request is built as a plain proto-JSON dict (camelCase, enum names, int64 as strings) without
+importing the Vertex SDK, so ``--dry-run`` stays cheap; ``jobs.submit_job`` parses this very
+dict into the proto (strictly: unknown fields are an error) and sends it. Nothing is uploaded
+here: the source archive and local inputs are hashed in memory, and their content-addressed GCS
+keys go into the plan so that submitting uploads only what the bucket lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlcloud import runtime
+from mlcloud.errors import SpecError, UnsupportedFeature
+from mlcloud.provider import Plan, PlanStep, new_job_id
+from providers.vertex import machines
+
+if TYPE_CHECKING:
+    from mlcloud.specs import TrainingJob
+    from providers.vertex import VertexProvider
+    from providers.vertex.settings import VertexSettings
+
+CREATE_CUSTOM_JOB = "JobService.CreateCustomJob"
+LABEL_JOB_ID = "mlcloud-job-id"
+# Prebuilt Vertex training containers by framework; {v} is the version as "2-3".
+_IMAGES = {
+    ("pytorch", True): "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.{v}.py310:latest",
+    ("pytorch", False): "us-docker.pkg.dev/vertex-ai/training/pytorch-xla.{v}.py310:latest",
+    ("sklearn", False): "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.{v}:latest",
+    ("xgboost", False): "us-docker.pkg.dev/vertex-ai/training/xgboost-cpu.{v}:latest",
+}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A local file that ``submit`` puts at ``gs://<bucket>/<key>`` unless it is already there."""
+
+    path: str
+    key: str
+    prefix: str  # the content-hashed folder it belongs to (one completion marker per folder)
+
+
+def gcs_path(bucket: str, key: str) -> str:
+    """Where Vertex's Cloud Storage FUSE mount shows ``gs://bucket/key`` inside the container."""
+    return f"/gcs/{bucket}/{key}"
+
+
+def _where(provider: VertexProvider) -> str:
+    return f"vertex (profile {provider.name!r})"
+
+
+def _image(job: TrainingJob, conf: VertexSettings, gpu: bool, where: str) -> str:
+    if job.image:
+        return job.image
+    if conf.training_image:
+        return conf.training_image
+    if job.framework is None:
+        raise SpecError(
+            "image: a Vertex job needs a container image",
+            hint="set image: or framework: {name, version} in the job, "
+            "or training_image: in the profile",
+        )
+    template = _IMAGES.get((job.framework.name, gpu)) or _IMAGES.get((job.framework.name, False))
+    if template is None or (gpu and (job.framework.name, True) not in _IMAGES):
+        raise UnsupportedFeature(
+            f"framework {job.framework.name} with GPUs",
+            where,
+            hint="set image: to a GPU container of your own",
+        )
+    major_minor = "-".join(job.framework.version.split(".")[:2])
+    return template.format(v=major_minor)
+
+
+def _tree(path: Path) -> tuple[str, list[tuple[Path, str]]]:
+    """Content hash of a file or directory and its files as (path, relative name)."""
+    if path.is_file():
+        files = [(path, path.name)]
+    else:
+        files = sorted(
+            (p, p.relative_to(path).as_posix())
+            for p in path.rglob("*")
+            if p.is_file() and not p.is_symlink()
+        )
+    digest = hashlib.sha256()
+    for file, rel in files:
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest(), files
+
+
+def _inputs(
+    job: TrainingJob, conf: VertexSettings, where: str
+) -> tuple[dict[str, str], list[Upload]]:
+    uris: dict[str, str] = {}
+    uploads: list[Upload] = []
+    for name, value in sorted(job.inputs.items()):
+        if value.startswith("gs://"):
+            uris[name] = value
+            continue
+        if "://" in value and not value.startswith("file://"):
+            raise UnsupportedFeature(
+                f"input {name!r} from {value.split('://', 1)[0]}://",
+                where,
+                hint="copy the data to Cloud Storage and use its gs:// URI",
+            )
+        path = Path(value.removeprefix("file://"))
+        if not path.exists():
+            raise SpecError(f"inputs.{name}: {path} does not exist")
+        digest, files = _tree(path)
+        base = f"{conf.prefix}/inputs/{digest}"
+        uploads += [Upload(str(f), f"{base}/{rel}", base) for f, rel in files]
+        uris[name] = f"gs://{conf.bucket}/{base}" + (f"/{path.name}" if path.is_file() else "")
+    return uris, uploads
+
+
+def _checkpoint(job: TrainingJob, base_output: str, where: str) -> str | None:
+    if job.checkpoint is None:
+        return None
+    if job.checkpoint == "auto":
+        return f"{base_output}/checkpoints"  # Vertex's own AIP_CHECKPOINT_DIR location
+    if not job.checkpoint.startswith("gs://"):
+        raise UnsupportedFeature(
+            f"checkpoint {job.checkpoint!r}",
+            where,
+            hint="use a gs:// URI, or checkpoint: auto for a location under the job's output",
+        )
+    return job.checkpoint
+
+
+def plan_job(provider: VertexProvider, job: TrainingJob) -> Plan:
+    from providers.common.bootstrap import bootstrap_argv
+    from providers.common.staging import code_key, pack_source
+
+    conf = provider.settings
+    where = _where(provider)
+    if job.elastic:
+        raise UnsupportedFeature(
+            "elastic nodes {min, max}",
+            where,
+            hint="Vertex worker pools have a fixed replica count: use nodes: N "
+            "(max_restarts restarts the whole job after a worker failure)",
+        )
+    source = Path(job.source)
+    if not source.is_dir():
+        raise SpecError(f"source: {source} is not a directory", hint="set source: to your code dir")
+    if job.output is not None and not job.output.startswith("gs://"):
+        raise UnsupportedFeature(
+            f"output {job.output!r}", where, hint="use a gs:// URI or leave output unset"
+        )
+
+    job_id = new_job_id(job.name)
+    archive = pack_source(source)
+    code = code_key(conf.prefix, archive)
+    base_output = (job.output or f"gs://{conf.bucket}/{conf.prefix}/jobs/{job_id}").rstrip("/")
+    machine = machines.pick(job.resources, where)
+    image = _image(job, conf, gpu=machine.accelerator_count > 0, where=where)
+    inputs, uploads = _inputs(job, conf, where)
+    argv = bootstrap_argv(
+        gcs_path(conf.bucket, code),
+        platform="vertex",
+        command=list(job.command),
+        nproc_per_node=job.procs_per_node,
+        distributed=job.distributed,
+    )
+
+    env = {
+        **job.env,
+        runtime.ENV_JOB_ID: job_id,
+        runtime.ENV_PROVIDER_TYPE: "vertex",
+        runtime.ENV_HPARAMS: json.dumps(job.hyperparameters, sort_keys=True),
+        runtime.ENV_OUTPUT_DIR: f"{base_output}/output",
+        **{runtime.input_env_name(k): v for k, v in inputs.items()},
+    }
+    checkpoint = _checkpoint(job, base_output, where)
+    if checkpoint:
+        env[runtime.ENV_CHECKPOINT_DIR] = checkpoint
+
+    def pool(replicas: int) -> dict[str, Any]:
+        return {
+            "machineSpec": machine.spec(),
+            "replicaCount": str(replicas),  # int64: a string in proto-JSON
+            "diskSpec": {"bootDiskType": conf.boot_disk_type, "bootDiskSizeGb": conf.boot_disk_gb},
+            "containerSpec": {
+                "imageUri": image,
+                "command": argv,
+                "env": [{"name": k, "value": v} for k, v in env.items()],
+            },
+        }
+
+    pools = [pool(1)]  # pool 0: the chief
+    if job.max_nodes > 1:
+        pools.append(pool(job.max_nodes - 1))
+    scheduling: dict[str, Any] = {"timeout": f"{job.max_runtime_seconds}s"}
+    if job.max_restarts:
+        scheduling["restartJobOnWorkerRestart"] = True
+    if job.spot:
+        scheduling["strategy"] = "SPOT"
+    spec: dict[str, Any] = {
+        "workerPoolSpecs": pools,
+        "scheduling": scheduling,
+        "baseOutputDirectory": {"outputUriPrefix": base_output},
+    }
+    if conf.service_account:
+        spec["serviceAccount"] = conf.service_account
+    if conf.network:
+        spec["network"] = conf.network
+    custom_job = {
+        "displayName": job_id,
+        "jobSpec": spec,
+        "labels": {**conf.labels, LABEL_JOB_ID: job_id, "mlcloud-name": job.name},
+    }
+    request = {"parent": conf.parent, "customJob": custom_job}
+    return Plan(
+        provider=provider.name,
+        type=provider.type,
+        kind="job",
+        id=job_id,
+        spec=job,
+        steps=(PlanStep(call=CREATE_CUSTOM_JOB, request=request),),
+        context={
+            "archive": archive,
+            "code_key": code,
+            "uploads": tuple(uploads),
+            "base_output": base_output,
+        },
+    )
