@@ -195,7 +195,7 @@ def jobs_show(job_id: str, output: str) -> None:
     click.echo(f"state:     {record.state}" + (f" ({record.message})" if record.message else ""))
     click.echo(f"attempts:  {record.attempts}  exit code: {record.exit_code}")
     for key, value in sorted(record.outputs.items()):
-        click.echo(f"{key + ':':<10} {value}")
+        click.echo(f"{key + ':':<11} {value}")
     click.echo("history:")
     for e in events:
         when = time.strftime("%H:%M:%S", time.localtime(e["ts"]))

@@ -66,7 +66,17 @@ class LocalProvider(Provider):
         return self._endpoints.plan_deploy(deployment)
 
     def deploy(self, plan: Plan) -> EndpointRecord:
-        return self._endpoints.deploy(plan)
+        record = self._endpoints.deploy(plan)
+        # Lineage, as the cloud providers record it: endpoint ← model version ← job.
+        spec = plan.spec
+        self.store.add_model_version(
+            spec.name,
+            record.model or spec.model,  # type: ignore[union-attr]
+            sha256=record.model_sha256,
+            source_job=record.source_job,
+            details={"endpoint": record.name, "provider": self.name},
+        )
+        return record
 
     def endpoint_status(self, name: str) -> EndpointRecord:
         return self._endpoints.endpoint_status(name)
