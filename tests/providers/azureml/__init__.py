@@ -1,0 +1,1 @@
+"""Azure ML provider tests: the real MLClient against the in-process fake workspace."""
