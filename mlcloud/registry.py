@@ -113,6 +113,9 @@ def provider_class(type_: str) -> type[Provider]:
             f"unknown provider type {type_!r}",
             hint="known: " + ", ".join(sorted(known_types())),
         )
+    if not is_installed(entry):
+        # Checked up front so a provider module can keep its SDK imports lazy.
+        raise ProviderUnavailable(type_, entry.install, cause="its SDK is not installed")
     module_name, _, attr = entry.target.partition(":")
     try:
         module = importlib.import_module(module_name)
