@@ -102,3 +102,15 @@ def test_cli_sees_plugin(plugin_site: Path, tmp_path: Path) -> None:
     assert json.loads(plan.stdout)["steps"] == [
         {"call": "echo.Run", "request": {"command": ["say", "hello"]}}
     ]
+
+
+def test_provider_with_missing_sdk_is_unavailable_with_pip_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Simulate an environment without boto3: the entry's required module cannot be found.
+    entry = registry.BUILTIN["sagemaker"]
+    missing = registry.ProviderEntry(entry.type, entry.target, ("no_such_sdk_xyz",), entry.install)
+    monkeypatch.setitem(registry.BUILTIN, "sagemaker", missing)
+    with pytest.raises(ProviderUnavailable) as err:
+        registry.provider_class("sagemaker")
+    assert err.value.hint == "install it with: pip install 'mlcloud[aws]'"
