@@ -1,0 +1,146 @@
+"""The FastAPI app mounted into the BentoML service: the JSON predict and probe routes.
+
+Routes come from the serving contract (``/predict`` locally; ``/invocations`` + ``/ping`` on
+SageMaker; the ``AIP_*`` routes on Vertex; ``/score``, ``/health`` and ``/`` on Azure ML). Every
+error is a JSON ``{"error": ...}`` with a 4xx for anything the client sent wrong; a model failure
+is a 500 without a traceback (the traceback goes to the server log).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.batching import MicroBatcher, Overloaded
+from serving.contracts import Contract
+from serving.guard import render_metrics
+from serving.inputs import InputError, extract_instances, parse_json
+from serving.loaders import Predictor
+
+logger = logging.getLogger(__name__)
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {"instances": {"type": "array", "items": {}}},
+                },
+                "example": {"instances": [[5.1, 3.5, 1.4, 0.2]]},
+            }
+        },
+    }
+}
+
+
+@dataclass
+class State:
+    """What the routes need; filled in by the service once the model is loaded."""
+
+    predictor: Predictor | None = None
+    batcher: MicroBatcher | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    max_body: int = 10 * 1024 * 1024
+    workers: int = 1
+
+    @property
+    def ready(self) -> bool:
+        return self.predictor is not None
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def predict_json(state: State, body: bytes) -> JSONResponse:
+    """One JSON predict request: parse, validate, batch, answer."""
+    predictor = state.predictor
+    if predictor is None:
+        return _error(503, "model is not loaded yet", {"Retry-After": "1"})
+    try:
+        instances = extract_instances(parse_json(body))
+        batch = predictor.prepare(instances)
+    except InputError as e:
+        return _error(e.status, str(e))
+    try:
+        if state.batcher is not None:
+            predictions = await state.batcher.submit(batch)
+        else:
+            predictions = await run_in_threadpool(predictor.run, batch)
+    except Overloaded as e:
+        return _error(503, f"server overloaded ({e}); retry later", {"Retry-After": "1"})
+    except InputError as e:  # a custom predictor may reject input itself
+        return _error(e.status, str(e))
+    except Exception:
+        logger.exception("prediction failed")
+        return _error(500, "prediction failed; see the server log")
+    return JSONResponse({"predictions": predictions})
+
+
+def build_app(contract: Contract, state: State) -> FastAPI:
+    app = FastAPI(
+        title="mlcloud model server",
+        description=f"Serving contract: {contract.name}. Payload: "
+        '{"instances": [...]} -> {"predictions": [...]}',
+        docs_url="/docs",
+        redoc_url=None,
+    )
+
+    async def predict(request: Request) -> Response:
+        return await predict_json(state, await request.body())
+
+    async def ready() -> Response:
+        if state.ready:
+            return JSONResponse({"status": "ready", **state.info})
+        return _error(503, "model is not loaded yet", {"Retry-After": "1"})
+
+    async def live() -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def prometheus() -> Response:
+        body, media_type = await run_in_threadpool(render_metrics)
+        return Response(body, media_type=media_type)
+
+    app.add_api_route("/metrics", prometheus, methods=["GET"], summary="Prometheus metrics")
+
+    for route in dict.fromkeys((*contract.predict_routes, "/predict")):
+        app.add_api_route(
+            route, predict, methods=["POST"], summary="Predict", openapi_extra=_PREDICT_BODY
+        )
+    for route in contract.ready_routes:
+        app.add_api_route(route, ready, methods=["GET"], summary="Readiness")
+    for route in contract.live_routes:
+        app.add_api_route(route, live, methods=["GET"], summary="Liveness")
+    if "execution_parameters" in contract.extra:
+
+        async def execution_parameters() -> Response:
+            # SageMaker batch transform asks this before sending records.
+            return JSONResponse(
+                {
+                    "MaxConcurrentTransforms": state.workers,
+                    "BatchStrategy": "MULTI_RECORD",
+                    "MaxPayloadInMB": max(1, state.max_body // (1024 * 1024)),
+                }
+            )
+
+        app.add_api_route(contract.extra["execution_parameters"], execution_parameters)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return _error(422, f"invalid request: {exc.errors()}")
+
+    return app

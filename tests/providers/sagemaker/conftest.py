@@ -1,0 +1,224 @@
+"""moto in server mode on 127.0.0.1 (one per test session); boto3 reaches it over real HTTP.
+
+moto 5.2 leaves a few SageMaker behaviours out; the fixture adds them to the in-process server
+the way SageMaker behaves, and says so here so no test claims more than it proves:
+
+* CreateTrainingJob: moto marks a new job Completed at once; SageMaker starts it InProgress /
+  Starting. New jobs start InProgress here, and tests move them on (see ``set_job_status``).
+* StopTrainingJob and UpdateEndpoint: not implemented by moto. Handlers are added to moto's
+  SageMaker responder so the CLI/conformance paths can run end to end; the request shapes of
+  both are separately checked against the real service model with botocore's Stubber
+  (tests/providers/sagemaker/test_stubbed.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlcloud.config import Profile
+from mlcloud.store import Store
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+BUCKET = "mlcloud-test"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/mlcloud"
+
+
+def _stop_training_job(self: Any) -> Any:
+    from moto.core.responses import EmptyResult
+    from moto.sagemaker.exceptions import ValidationError
+
+    name = self._get_param("TrainingJobName")
+    job = self.sagemaker_backend.training_jobs.get(name)
+    if job is None:
+        raise ValidationError(message=f"Requested resource not found: {name}")
+    if job.training_job_status != "InProgress":
+        raise ValidationError(
+            message=f"The request was rejected because the training job is in status "
+            f"{job.training_job_status}."
+        )
+    job.training_job_status = "Stopping"
+    job.secondary_status = "Stopping"
+    return EmptyResult()
+
+
+def _update_endpoint(self: Any) -> Any:
+    from moto.core.responses import ActionResult
+    from moto.sagemaker.exceptions import ValidationError
+
+    backend = self.sagemaker_backend
+    name = self._get_param("EndpointName")
+    config_name = self._get_param("EndpointConfigName")
+    endpoint = backend.endpoints.get(name)
+    if endpoint is None:
+        raise ValidationError(message=f"Could not find endpoint {name}.")
+    config = backend.describe_endpoint_config(config_name)
+    endpoint.endpoint_config_name = config_name
+    endpoint.production_variants = endpoint._process_production_variants(
+        config["ProductionVariants"]
+    )
+    endpoint.endpoint_status = "InService"  # SageMaker passes through Updating first
+    return ActionResult({"EndpointArn": endpoint.arn})
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    from moto.sagemaker import models as sm_models
+    from moto.sagemaker.responses import SageMakerResponse
+    from moto.server import ThreadedMotoServer
+
+    original_create = sm_models.SageMakerModelBackend.create_training_job
+
+    def create_training_job(self: Any, *args: Any, **kwargs: Any) -> Any:
+        job = original_create(self, *args, **kwargs)
+        job.training_job_status = "InProgress"
+        job.secondary_status = "Starting"
+        return job
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sm_models.SageMakerModelBackend, "create_training_job", create_training_job)
+        mp.setattr(SageMakerResponse, "stop_training_job", _stop_training_job, raising=False)
+        mp.setattr(SageMakerResponse, "update_endpoint", _update_endpoint, raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, moto_url: str, tmp_path: Path) -> str:
+    """Dummy credentials and boto3's standard endpoint override; a temp MLCLOUD_HOME."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("MLCLOUD_HOME", str(tmp_path / "mlcloud-home"))
+    return moto_url
+
+
+@pytest.fixture(scope="session")
+def bucket(moto_url: str) -> str:
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket=BUCKET)
+    return BUCKET
+
+
+def settings(**extra: Any) -> dict[str, Any]:
+    return {
+        "region": REGION,
+        "role_arn": ROLE,
+        "bucket": BUCKET,
+        "serving_image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/mlcloud-serve:1",
+        "log_poll_seconds": 0.05,
+        "wait_poll_seconds": 0.05,
+        "endpoint_wait_seconds": 10,
+        "tags": {"team": "ml"},
+        **extra,
+    }
+
+
+@pytest.fixture
+def provider(bucket: str, aws_env: str) -> Iterator[Any]:
+    from providers.sagemaker import SageMakerProvider
+
+    store = Store.open()
+    yield SageMakerProvider(Profile(name="aws", type="sagemaker", settings=settings()), store)
+    store.close()
+
+
+def backend() -> Any:
+    """moto's in-process SageMaker backend (the server runs in this process)."""
+    from moto.sagemaker.models import sagemaker_backends
+
+    return sagemaker_backends[ACCOUNT][REGION]
+
+
+def set_job_status(
+    native_name: str,
+    status: str,
+    secondary: str,
+    failure: str | None = None,
+    transitions: list[str] | None = None,
+) -> None:
+    """Move a training job on the way SageMaker would."""
+    job = backend().training_jobs[native_name]
+    job.training_job_status = status
+    job.secondary_status = status if secondary is None else secondary
+    if failure is not None:
+        job.failure_reason = failure
+    if transitions is not None:
+        job.secondary_status_transitions = [
+            {"Status": s, "StartTime": job.creation_time, "StatusMessage": s} for s in transitions
+        ]
+
+
+def seed_logs(native_name: str, lines: list[str], host: str = "algo-1") -> None:
+    """Write lines into CloudWatch the way a SageMaker training container does."""
+    import time
+
+    import boto3
+
+    logs = boto3.client("logs", region_name=REGION)
+    group = "/aws/sagemaker/TrainingJobs"
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_group(logGroupName=group)
+    stream = f"{native_name}/{host}-1700000000"
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(time.time() * 1000)
+    logs.put_log_events(
+        logGroupName=group,
+        logStreamName=stream,
+        logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)],
+    )
+
+
+def queue_endpoint_results(moto_url: str, bodies: list[Any]) -> None:
+    """moto's endpoint-results API: the next InvokeEndpoint calls answer these bodies."""
+    payload = {
+        "account_id": ACCOUNT,
+        "region": REGION,
+        "results": [
+            {
+                "Body": json.dumps(body),
+                "ContentType": "application/json",
+                "InvokedProductionVariant": "AllTraffic",
+                "CustomAttributes": "",
+            }
+            for body in bodies
+        ],
+    }
+    req = urllib.request.Request(
+        f"{moto_url}/moto-api/static/sagemaker/endpoint-results",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201 or resp.status == 200
