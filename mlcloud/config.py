@@ -45,7 +45,7 @@ class Config:
         chosen = name or os.environ.get("MLCLOUD_PROVIDER") or self.default
         if chosen in self.profiles:
             return self.profiles[chosen]
-        if chosen in registry.known_types():
+        if registry.entry(chosen) is not None:
             return Profile(name=chosen, type=chosen)
         raise ConfigError(
             f"unknown provider or profile {chosen!r}",
@@ -108,20 +108,19 @@ def _read_file(path: Path) -> tuple[str | None, dict[str, Profile]]:
     if not isinstance(raw_profiles, dict):
         raise ConfigError(f"{path}: 'profiles' must be a mapping of name -> settings")
     profiles: dict[str, Profile] = {}
-    types = registry.known_types()
     for name, body in raw_profiles.items():
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{path}: profile names must be non-empty strings, got {name!r}")
         if not isinstance(body, dict) or not isinstance(body.get("type"), str):
             raise ConfigError(
                 f"{path}: profile {name!r} needs a 'type'",
-                hint="one of: " + ", ".join(sorted(types)),
+                hint="one of: " + ", ".join(sorted(registry.known_types())),
             )
         settings = {str(k): v for k, v in body.items() if k != "type"}
-        if body["type"] not in types:
+        if registry.entry(body["type"]) is None:
             raise ConfigError(
                 f"{path}: profile {name!r} has unknown type {body['type']!r}",
-                hint="one of: " + ", ".join(sorted(types)),
+                hint="one of: " + ", ".join(sorted(registry.known_types())),
             )
         profiles[name] = Profile(name=name, type=body["type"], settings=settings, source=str(path))
     default = data.get("default")

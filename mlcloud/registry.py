@@ -91,6 +91,12 @@ def known_types() -> set[str]:
     return set(entries())
 
 
+def entry(type_: str) -> ProviderEntry | None:
+    """The entry for ``type_``. Built-ins win over plugins anyway, so they are answered without
+    scanning every installed distribution's entry points (~100 ms on a CLI command)."""
+    return BUILTIN.get(type_) or _discover()[0].get(type_)
+
+
 def is_installed(entry: ProviderEntry) -> bool:
     """True when the provider's required modules can be found, without importing them."""
     module = entry.target.partition(":")[0]
@@ -107,23 +113,23 @@ def provider_class(type_: str) -> type[Provider]:
     from mlcloud.errors import ConfigError
     from mlcloud.provider import Provider
 
-    entry = entries().get(type_)
-    if entry is None:
+    found = entry(type_)
+    if found is None:
         raise ConfigError(
             f"unknown provider type {type_!r}",
             hint="known: " + ", ".join(sorted(known_types())),
         )
-    if not is_installed(entry):
+    if not is_installed(found):
         # Checked up front so a provider module can keep its SDK imports lazy.
-        raise ProviderUnavailable(type_, entry.install, cause="its SDK is not installed")
-    module_name, _, attr = entry.target.partition(":")
+        raise ProviderUnavailable(type_, found.install, cause="its SDK is not installed")
+    module_name, _, attr = found.target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ProviderUnavailable(type_, entry.install, cause=str(e)) from None
+        raise ProviderUnavailable(type_, found.install, cause=str(e)) from None
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Provider)):
-        raise ProviderUnavailable(type_, entry.install, cause=f"{entry.target} is not a Provider")
+        raise ProviderUnavailable(type_, found.install, cause=f"{found.target} is not a Provider")
     return cls
 
 

@@ -49,7 +49,7 @@ EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, defer_build=True)
 
 
 class Framework(_Spec):

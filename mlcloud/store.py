@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,9 @@ _EP_COLUMNS = (
 )  # fmt: skip
 
 
+_OPEN: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
 def mlcloud_home() -> Path:
     return Path(os.environ.get("MLCLOUD_HOME") or Path.home() / ".mlcloud").expanduser()
 
@@ -100,12 +104,23 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._conn: sqlite3.Connection | None = self._connect()
+        _OPEN.add(self)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(_SCHEMA)
+        return db
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:  # closed: reopen on use
+            self._conn = self._connect()
+        return self._conn
 
     @classmethod
     def open(cls, home: Path | None = None) -> Store:
@@ -116,7 +131,17 @@ class Store:
         return self.path.parent
 
     def close(self) -> None:
-        self._db.close()
+        """Release the connection; the store reconnects if it is used again."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @staticmethod
+    def close_all() -> None:
+        """Close every open store of this process, e.g. before a fork: SQLite state must not
+        cross a fork (https://sqlite.org/howtocorrupt.html#fork)."""
+        for store in list(_OPEN):
+            store.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -24,7 +24,7 @@ from mlcloud import runtime
 from mlcloud.config import profile_settings
 from mlcloud.errors import SpecError, UnsupportedFeature
 from mlcloud.provider import JobRecord, JobState, Plan, PlanStep, new_job_id
-from providers.local import procs
+from providers.local import procs, supervisor
 from providers.local.settings import LocalSettings
 
 if TYPE_CHECKING:
@@ -210,18 +210,11 @@ def submit_job(provider: LocalProvider, plan: Plan) -> JobRecord:
         spec=plan.spec.model_dump(mode="json"),
     )
     provider.store.add_job(record)
-    python = settings(provider).python or sys.executable
-    with open(home / "supervisor.log", "ab") as out:
-        sup = subprocess.Popen(
-            [python, "-m", "providers.local.supervisor", str(home / "supervisor.json")],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives the CLI and its terminal
-            close_fds=True,
-        )
+    pid = supervisor.spawn(
+        home / "supervisor.json", home / "supervisor.log", settings(provider).python
+    )
     return provider.store.update_job(
-        plan.id, merge_details={"supervisor": procs.identity(sup.pid), "job_dir": str(home)}
+        plan.id, merge_details={"supervisor": procs.identity(pid), "job_dir": str(home)}
     )
 
 

@@ -18,7 +18,7 @@ import sys
 
 def main(argv: list[str]) -> int:
     host, port = argv[1], int(argv[2])
-    from torch.distributed import TCPStore
+    from torch.distributed import TCPStore  # type: ignore[attr-defined]
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

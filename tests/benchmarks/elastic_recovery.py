@@ -35,8 +35,11 @@ def trial() -> tuple[float, float]:
     for line in provider.job_logs(record.id, follow=True):
         now = time.monotonic()
         if killed is None and "step 50 " in line:
-            worker = next(p for p in procs.job_processes(record.id)
-                          if p.environ().get("RANK") == "1" and "train.py" in " ".join(p.cmdline()))  # fmt: skip
+            worker = next(
+                p
+                for p in procs.job_processes(record.id)
+                if p.environ().get("RANK") == "1" and "train.py" in " ".join(p.cmdline())
+            )
             os.kill(worker.pid, signal.SIGKILL)
             killed = time.monotonic()
         elif killed is not None and resumed is None and "resumed from step" in line:

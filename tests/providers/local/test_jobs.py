@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -167,6 +169,28 @@ def test_job_outlives_the_cli_and_is_recorded(tmp_path: Path) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert store.get_job(job_id).state is JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize("caller", ["single-threaded", "threaded"])
+def test_supervisor_start_from_either_kind_of_caller(
+    provider: LocalProvider, tmp_path: Path, caller: str
+) -> None:
+    """A single-threaded caller forks the supervisor (fast); a threaded one must not fork."""
+    release = threading.Event()
+    if caller == "threaded":
+        threading.Thread(target=release.wait, daemon=True).start()
+    try:
+        script = "import time; time.sleep(1); print('ran', flush=True)"
+        record = provider.submit_job(provider.plan_job(job_in(tmp_path, script)))
+        sup = psutil.Process(record.details["supervisor"]["pid"])
+        fresh = "providers.local.supervisor" in " ".join(sup.cmdline())
+        assert fresh is (caller == "threaded")
+        assert os.getsid(sup.pid) != os.getsid(0)  # detached from our session
+    finally:
+        release.set()
+    assert wait(provider, record.id) is JobState.SUCCEEDED
+    assert "ran" in "\n".join(provider.job_logs(record.id, follow=False))
+    provider.store.get_job(record.id)  # the caller's store reconnected after the fork
 
 
 def test_iris_example_end_to_end_from_the_cli(tmp_path: Path) -> None:
