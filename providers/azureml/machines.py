@@ -34,7 +34,7 @@ def explicit(resources: Resources, default: str | None) -> str | None:
 
 def pick(resources: Resources, where: str, default: str | None = None) -> str:
     """The VM size for one node: the override, else the best-fitting catalog row."""
-    from providers.common.catalog import pick_instance
+    from providers.common.catalog import fit
 
     chosen = explicit(resources, None)
     if chosen:
@@ -47,17 +47,10 @@ def pick(resources: Resources, where: str, default: str | None = None) -> str:
         )
     if not gpus and resources.cpus is None and resources.memory is None and default:
         return default
-    row = pick_instance(
+    row = fit(
         catalog(),
-        cpus=resources.cpus,
-        memory_bytes=resources.memory_bytes,
-        gpus=gpus,
-        gpu_type=gpu_type,
+        resources,
+        where,
+        hint="no Azure VM size in the catalog fits; set resources.instance_type.azureml",
     )
-    if row is None:
-        raise UnsupportedFeature(
-            f"resources {resources.model_dump(exclude_defaults=True, exclude={'instance_type'})}",
-            where,
-            hint="no Azure VM size in the catalog fits; set resources.instance_type.azureml",
-        )
     return row.name

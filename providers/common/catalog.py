@@ -6,6 +6,10 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlcloud.specs import Resources
 
 COLUMNS = ("name", "cpus", "memory_gib", "gpus", "gpu_type", "price_per_hour")
 GIB = 1024**3
@@ -69,3 +73,20 @@ def pick_instance(
         and (gpus == 0 or wanted_type is None or (it.gpu_type or "").lower() == wanted_type)
     ]
     return min(fits, key=lambda it: (it.price_per_hour, it.name), default=None)
+
+
+def fit(catalog: list[InstanceType], resources: Resources, where: str, hint: str) -> InstanceType:
+    """The cheapest catalogued type for ``resources``, else ``UnsupportedFeature`` at plan time."""
+    from mlcloud.errors import UnsupportedFeature
+
+    found = pick_instance(
+        catalog,
+        cpus=resources.cpus,
+        memory_bytes=resources.memory_bytes,
+        gpus=resources.accelerator_count,
+        gpu_type=resources.accelerator_type,
+    )
+    if found is None:
+        asked = resources.model_dump(exclude_defaults=True, exclude={"instance_type"})
+        raise UnsupportedFeature(f"resources {asked}", where, hint=hint)
+    return found

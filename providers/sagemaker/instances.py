@@ -46,21 +46,14 @@ def pick(resources: Resources, where: str) -> str:
         and not resources.accelerator_count
     ):
         return DEFAULT_TYPE
-    from providers.common.catalog import pick_instance
+    from providers.common.catalog import fit
 
-    found = pick_instance(
+    gpu_types = sorted({i.gpu_type for i in catalog() if i.gpu_type})
+    found = fit(
         catalog(),
-        cpus=resources.cpus,
-        memory_bytes=resources.memory_bytes,
-        gpus=resources.accelerator_count,
-        gpu_type=resources.accelerator_type,
+        resources,
+        where,
+        hint="no catalogued instance fits; set resources.instance_type.sagemaker "
+        f"(GPU types known: {', '.join(gpu_types)})",
     )
-    if found is None:
-        gpu_types = sorted({i.gpu_type for i in catalog() if i.gpu_type})
-        raise UnsupportedFeature(
-            f"resources {resources.model_dump(exclude_defaults=True)}",
-            where,
-            hint="no catalogued instance fits; set resources.instance_type.sagemaker "
-            f"(GPU types known: {', '.join(gpu_types)})",
-        )
     return str(found.name)

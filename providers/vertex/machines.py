@@ -66,7 +66,7 @@ def _vertex_accelerator(gpu_type: str | None, where: str) -> str:
 
 def pick(resources: Resources, where: str) -> Machine:
     """``resources.instance_type.vertex`` wins; otherwise the catalog's best fit."""
-    from providers.common.catalog import pick_instance
+    from providers.common.catalog import fit
 
     gpus = resources.accelerator_count
     explicit = resources.instance_type.get("vertex")
@@ -82,20 +82,13 @@ def pick(resources: Resources, where: str) -> Machine:
     gpu_type = resources.accelerator_type
     if gpus:
         _vertex_accelerator(gpu_type, where)  # a clear error for an unknown GPU name
-    row = pick_instance(
+    row = fit(
         catalog(),
-        cpus=resources.cpus,
-        memory_bytes=resources.memory_bytes,
-        gpus=gpus,
-        gpu_type=gpu_type,
+        resources,
+        where,
+        hint="no machine in providers/vertex/catalog.csv fits: "
+        "set resources.instance_type.vertex to a Vertex machine type",
     )
-    if row is None:
-        raise UnsupportedFeature(
-            f"resources {resources.model_dump(exclude_defaults=True)}",
-            where,
-            hint="no machine in providers/vertex/catalog.csv fits: "
-            "set resources.instance_type.vertex to a Vertex machine type",
-        )
     if row.gpus:
         return Machine(row.name, _vertex_accelerator(row.gpu_type, where), row.gpus)
     return Machine(row.name, None, 0)
