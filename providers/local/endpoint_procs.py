@@ -19,6 +19,8 @@ from typing import Any
 
 import psutil
 
+from providers.local.procs import with_env
+
 ENV_TAG = "MLCLOUD_ENDPOINT_TAG"
 
 
@@ -102,18 +104,7 @@ def workers(ident: Mapping[str, Any]) -> set[int]:
 
 def tagged(prefix: str) -> list[psutil.Process]:
     """Live processes whose ``MLCLOUD_ENDPOINT_TAG`` starts with ``prefix``."""
-    found = []
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == me:
-            continue
-        try:
-            mine = (proc.environ().get(ENV_TAG) or "").startswith(prefix)
-            if mine and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    return with_env(lambda env: (env.get(ENV_TAG) or "").startswith(prefix))
 
 
 def stop(idents: Sequence[Mapping[str, Any]], tag_prefix: str | None, grace: float = 10.0) -> int:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -36,19 +37,25 @@ def alive(ident: dict[str, Any]) -> bool:
         return False
 
 
-def job_processes(job_id: str) -> list[psutil.Process]:
-    """Live processes whose environment names this job (ours only: others' are unreadable)."""
+def with_env(match: Callable[[dict[str, str]], bool]) -> list[psutil.Process]:
+    """Live processes (but this one) whose environment ``match``es; only our own processes'
+    environments are readable, so only ours can match."""
     found = []
     me = os.getpid()
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(ENV_JOB_ID) == job_id and proc.status() != psutil.STATUS_ZOMBIE:
+            if match(proc.environ()) and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.Error:
             continue
     return found
+
+
+def job_processes(job_id: str) -> list[psutil.Process]:
+    """Live processes whose environment names this job."""
+    return with_env(lambda env: env.get(ENV_JOB_ID) == job_id)
 
 
 def signal_processes(procs: list[psutil.Process], sig: int) -> None:
