@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # GPU smoke check, run by hand on a GPU machine (never in CI; under 3 minutes):
 # the ddp example through `mlcloud train` on the local provider with accelerators: 1 vs the same
-# script under bare torchrun, alternated 3 times; prints steps/s and the median ratio (target
-# >= 0.98). Wheels for what that machine lacks (pydantic & co, Python 3.12 manylinux x86-64)
-# may be given in .whl/ at the repo root; they are installed into /tmp/site.
+# script under bare torchrun, 3 trials (TRIALS=N for more) in alternating order; prints steps/s
+# and the median ratio (target >= 0.98). Wheels for what that machine lacks (pydantic & co,
+# Python 3.12 manylinux x86-64) may be given in .whl/ at the repo root; installed in /tmp/site.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -34,8 +34,9 @@ via_mlcloud() {
 
 python3 -m mlcloud.cli train examples/ddp/job.yaml "${SETS[@]}" --dry-run | head -30
 ratios=()
-for i in 1 2 3; do
-  b=$(bare); m=$(via_mlcloud)
+for i in $(seq 1 "${TRIALS:-3}"); do
+  # alternate which runs first, so GPU warm-up and clock drift do not favour one side
+  if (( i % 2 )); then b=$(bare); m=$(via_mlcloud); else m=$(via_mlcloud); b=$(bare); fi
   r=$(python3 -c "print(round($m / $b, 4))")
   echo "trial $i: bare torchrun ${b} steps/s, mlcloud train ${m} steps/s, ratio ${r}"
   ratios+=("$r")
