@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -45,6 +46,19 @@ def provider_option(f: F) -> F:
         help="Profile in mlcloud.yaml or provider type (default: MLCLOUD_PROVIDER, the file's "
         "default, local).",
     )(f)
+
+
+@contextmanager
+def _progress(message: str) -> Iterator[None]:
+    """A spinner on stderr while a long step runs (only on a terminal)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield
 
 
 def emit_json(data: Any) -> None:
@@ -394,7 +408,13 @@ def image() -> None:
 
 @image.command("build")
 @click.argument("model_dir", required=False, type=click.Path(file_okay=False, exists=True))
-@click.option("-t", "--tag", default="mlcloud-serve:latest", show_default=True)
+@click.option(
+    "-t",
+    "--tag",
+    default="mlcloud-serve",
+    show_default=True,
+    help="name[:version]; the version defaults to the model's digest (same model, same tag).",
+)
 @output_option
 def image_build(model_dir: str | None, tag: str, output: str) -> None:
     """Build the Bento (and the container image when a container engine is available)."""
@@ -404,12 +424,24 @@ def image_build(model_dir: str | None, tag: str, output: str) -> None:
         from mlcloud.errors import ProviderUnavailable
 
         raise ProviderUnavailable("serving", "pip install 'mlcloud[serve]'", str(e)) from None
-    result = build_image(Path(model_dir) if model_dir else None, tag)
+    import dataclasses
+
+    try:
+        with _progress("building the Bento (bentoml build)"):
+            result = build_image(Path(model_dir) if model_dir else None, tag)
+    except ValueError as e:  # a bad tag
+        raise click.BadParameter(str(e), param_hint="--tag") from None
     if output == "json":
-        emit_json(result.to_dict() if hasattr(result, "to_dict") else vars(result))
-    else:
-        for key, value in vars(result).items():
-            click.echo(f"{key}: {value}")
+        emit_json(dataclasses.asdict(result))
+        return
+    click.echo(result.message)
+    click.echo(f"bento: {result.bento_tag}")
+    if result.image:
+        click.echo(f"image: {result.image} (built with {result.engine})")
+    if result.commands:
+        click.echo("build the image where a container engine runs:")
+        for command in result.commands:
+            click.echo(f"  {command}")
 
 
 # ---- setup ----------------------------------------------------------------------------------

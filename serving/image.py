@@ -159,6 +159,8 @@ def build_image(
         framework = modeldir.verify(model_dir)["framework"]
         digest = modeldir.digest(model_dir)
     name, _, version = tag.partition(":")
+    if version == "latest":  # BentoML keeps a pointer file by that name next to the versions
+        raise ValueError("image tag version 'latest' is reserved by BentoML; omit the version")
     version = version or (digest[:12] if digest else "")
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
     env.pop("MLCLOUD_SERVE_MODEL", None)  # the build must not pick up a model to serve

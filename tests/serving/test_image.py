@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from mlcloud.modeldir import ModelDirError
 from serving.image import ImageResult, build_image
+from tests.conftest import MLCLOUD
 from tests.serving.conftest import Farm
 
 pytestmark = pytest.mark.slow
@@ -63,3 +66,17 @@ def test_bad_tag_and_tampered_model_fail_before_building(tmp_path: Path, iris_di
     (tmp_path / "m" / "model.skops").write_bytes(b"not the model")
     with pytest.raises(ModelDirError, match="does not match"):
         build_image(tmp_path / "m", "x", bentoml_home=tmp_path)
+
+
+def test_cli_image_build(tmp_path: Path, iris_dir: Path) -> None:
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    run = [*MLCLOUD, "image", "build", str(iris_dir)]
+    out = subprocess.run([*run, "-o", "json"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    name, version = result["bento_tag"].split(":")
+    assert name == "mlcloud-serve" and len(version) == 12  # the default tag, versioned by digest
+    assert (tmp_path / "bentoml" / "bentos" / name / version / "bento.yaml").is_file()
+    assert result["image"] or result["commands"]  # an image, or how to build one elsewhere
+    bad = subprocess.run([*run, "-t", "x:latest"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "reserved by BentoML" in bad.stderr
