@@ -9,6 +9,7 @@ every process of the job, and never leaves an orphan: processes are found by the
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -243,7 +244,8 @@ def _fork(spec_path: Path, log_path: Path) -> int:
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read()
-    os.waitpid(child, 0)
+    with contextlib.suppress(ChildProcessError):  # a caller that ignores SIGCHLD
+        os.waitpid(child, 0)
     if not answer:
         raise RuntimeError(f"could not start the job's supervisor; see {log_path}")
     return int(answer)
@@ -257,14 +259,19 @@ def _detached_main(spec_path: Path, log_path: Path) -> None:
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        os.close(log_fd)
-        os.close(null_fd)
-        # The caller's objects (and their descriptors) are never finalized here: its frames
-        # never unwind (os._exit) and the cyclic GC must not collect them either.
+        # Every other inherited descriptor goes too: a caller's saved stdout (pytest keeps one)
+        # would otherwise keep whoever reads that pipe waiting until the job ends. The caller's
+        # SQLite connections were closed before the fork, and its objects are never finalized
+        # here: its frames never unwind (os._exit) and the cyclic GC must not collect them.
         gc.freeze()
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        if "logging" in sys.modules:  # handlers of the caller write to descriptors now closed
+            sys.modules["logging"].root.handlers.clear()
         sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+        # As a fresh interpreter would have them (main() then sets SIGTERM/SIGINT/SIGHUP).
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         main([sys.argv[0], str(spec_path)])
         code = 0
     except BaseException:

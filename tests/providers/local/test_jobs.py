@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -179,15 +180,20 @@ def test_supervisor_start_from_either_kind_of_caller(
     release = threading.Event()
     if caller == "threaded":
         threading.Thread(target=release.wait, daemon=True).start()
+    read_end, write_end = os.pipe()  # stands for a pipe the caller's own caller reads
     try:
         script = "import time; time.sleep(1); print('ran', flush=True)"
         record = provider.submit_job(provider.plan_job(job_in(tmp_path, script)))
+        os.close(write_end)
+        ready, _, _ = select.select([read_end], [], [], 5)
+        assert ready and os.read(read_end, 1) == b"", "the supervisor holds the caller's pipe"
         sup = psutil.Process(record.details["supervisor"]["pid"])
         fresh = "providers.local.supervisor" in " ".join(sup.cmdline())
         assert fresh is (caller == "threaded")
         assert os.getsid(sup.pid) != os.getsid(0)  # detached from our session
     finally:
         release.set()
+        os.close(read_end)
     assert wait(provider, record.id) is JobState.SUCCEEDED
     assert "ran" in "\n".join(provider.job_logs(record.id, follow=False))
     provider.store.get_job(record.id)  # the caller's store reconnected after the fork
