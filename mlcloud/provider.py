@@ -165,10 +165,15 @@ class Provider(ABC):
         return self.profile.name
 
     # ---- helpers for subclasses -------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        """How errors name this provider: ``"sagemaker (profile 'aws')"``."""
+        return f"{self.type} (profile {self.name!r})"
+
     def require(self, capability: Capability, feature: str, hint: str | None = None) -> None:
         """Raise UnsupportedFeature unless this provider has ``capability``."""
         if capability not in self.capabilities:
-            raise UnsupportedFeature(feature, f"{self.type} (profile {self.name!r})", hint)
+            raise UnsupportedFeature(feature, self.where, hint)
 
     def check_job(self, job: TrainingJob) -> None:
         """The capability checks every provider shares; call first in ``plan_job``."""

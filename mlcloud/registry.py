@@ -97,16 +97,28 @@ def entry(type_: str) -> ProviderEntry | None:
     return BUILTIN.get(type_) or _discover()[0].get(type_)
 
 
-def is_installed(entry: ProviderEntry) -> bool:
-    """True when the provider's required modules can be found, without importing them."""
+def missing_module(entry: ProviderEntry) -> str | None:
+    """The first of the provider's required modules that cannot be found (none is imported)."""
     module = entry.target.partition(":")[0]
     for name in (module, *entry.requires):
         try:
             if importlib.util.find_spec(name) is None:
-                return False
+                return name
         except (ImportError, ValueError):
-            return False
-    return True
+            return name
+    return None
+
+
+def is_installed(entry: ProviderEntry) -> bool:
+    return missing_module(entry) is None
+
+
+def require_installed(entry: ProviderEntry) -> None:
+    """``ProviderUnavailable`` with the pip line when a required module is missing. Checked up
+    front so a provider module can keep its SDK imports lazy."""
+    name = missing_module(entry)
+    if name is not None:
+        raise ProviderUnavailable(entry.type, entry.install, cause=f"{name} is not installed")
 
 
 def provider_class(type_: str) -> type[Provider]:
@@ -119,9 +131,7 @@ def provider_class(type_: str) -> type[Provider]:
             f"unknown provider type {type_!r}",
             hint="known: " + ", ".join(sorted(known_types())),
         )
-    if not is_installed(found):
-        # Checked up front so a provider module can keep its SDK imports lazy.
-        raise ProviderUnavailable(type_, found.install, cause="its SDK is not installed")
+    require_installed(found)
     module_name, _, attr = found.target.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mlcloud import registry
 from mlcloud.config import profile_settings
 from mlcloud.provider import (
     Capability,
@@ -64,7 +65,8 @@ class AzureMLProvider(Provider):
         transport: HttpTransport[Any, Any] | None = None,
     ) -> None:
         super().__init__(profile, store)
-        _require_sdk(self.install)
+        # Also when built directly rather than through the registry (tests, scripts).
+        registry.require_installed(registry.BUILTIN[self.type])
         self.settings = profile_settings(AzureMLSettings, profile)
         self._credential = credential
         self._transport = transport
@@ -130,21 +132,3 @@ class AzureMLProvider(Provider):
         from providers.azureml.endpoints import undeploy
 
         return undeploy(self, name)
-
-
-def _require_sdk(install: str | None) -> None:
-    """This module imports no SDK, so a missing one is found here, without importing it."""
-    import importlib.util
-
-    from mlcloud.errors import ProviderUnavailable
-
-    for name in ("azure.ai.ml", "azure.identity"):
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            raise ProviderUnavailable("azureml", install, cause=f"{name} is not installed")
-
-
-__all__ = ["AzureMLProvider"]

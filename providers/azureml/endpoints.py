@@ -30,7 +30,7 @@ from mlcloud.provider import EndpointRecord, EndpointState, Plan, PlanStep
 from mlcloud.specs import Deployment
 from providers.azureml import machines
 from providers.azureml.errors import mapped
-from providers.azureml.plan import arm_id, environment_id, where
+from providers.azureml.plan import arm_id, environment_id
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint, Model
@@ -75,7 +75,7 @@ def _model(
     if "://" in ref and not ref.startswith("file://"):
         raise UnsupportedFeature(
             f"model {ref!r}",
-            where(provider),
+            provider.where,
             hint="use a local model directory, an azureml: model or datastore URI, "
             "or an https:// URL",
         )
@@ -120,7 +120,7 @@ def _instance_type(provider: AzureMLProvider, deployment: Deployment) -> str:
         return res.instance_type["azureml"]
     if res.cpus is None and res.memory is None and not res.accelerator_count:
         return provider.settings.serving_instance_type
-    return machines.pick(res, where(provider))
+    return machines.pick(res, provider.where)
 
 
 def _environment(provider: AzureMLProvider) -> Any:
@@ -164,7 +164,7 @@ def _entities(
     if deployment.min_replicas != deployment.max_replicas:
         raise UnsupportedFeature(
             "autoscaling replicas {min, max}",
-            where(provider),
+            provider.where,
             hint="Azure ML managed endpoints scale through Azure Monitor autoscale, which "
             "azure-ai-ml does not manage: deploy a fixed replicas count and add an autoscale "
             "setting with `az monitor autoscale create`",

@@ -51,10 +51,6 @@ REMOTE_SCHEMES = ("azureml://", "https://", "wasbs://", "abfss://")
 OUTPUTS = ("model", "output")  # always present: the launcher maps them onto MLCLOUD_*_DIR
 
 
-def where(provider: AzureMLProvider) -> str:
-    return f"azureml (profile {provider.name!r})"
-
-
 def native_name(job_id: str, attempt: int) -> str:
     """Azure job names are unique per workspace: attempt n > 1 gets its own."""
     return job_id if attempt <= 1 else f"{job_id}-a{attempt}"
@@ -71,7 +67,7 @@ def environment(job: TrainingJob, provider: AzureMLProvider) -> Any:
         if template is None:
             raise UnsupportedFeature(
                 f"framework {job.framework.name}",
-                where(provider),
+                provider.where,
                 hint="Azure ML has no curated environment for it: set image:, or "
                 "environment: in the profile",
             )
@@ -112,7 +108,7 @@ def _remote(value: str, what: str, provider: AzureMLProvider) -> str:
         return value.rstrip("/")
     raise UnsupportedFeature(
         f"{what} {value!r}",
-        where(provider),
+        provider.where,
         hint="use an azureml://datastores/<name>/paths/... URI (or https:// blob URL)",
     )
 
@@ -194,7 +190,7 @@ def build_command(
     }
     kwargs: dict[str, Any] = {}
     if conf.serverless:
-        kwargs["instance_type"] = machines.pick(job.resources, where(provider), conf.instance_type)
+        kwargs["instance_type"] = machines.pick(job.resources, provider.where, conf.instance_type)
     else:
         kwargs["compute"] = arm_id(provider, "computes", conf.compute)  # what the SDK sends
         override = machines.explicit(job.resources, None)
@@ -236,7 +232,7 @@ def plan_job(provider: AzureMLProvider, job: TrainingJob) -> Plan:
     if job.elastic:
         raise UnsupportedFeature(
             "elastic nodes {min, max}",
-            where(provider),
+            provider.where,
             hint="Azure ML command jobs run a fixed instance_count: use nodes: N "
             "(max_restarts re-submits the job after a failure)",
         )

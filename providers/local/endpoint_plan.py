@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 def plan_deploy(eps: LocalEndpoints, deployment: Deployment) -> Plan:
     """Pure: the exact processes to start (argv/env/cwd) and the switch to make."""
-    where = f"local (profile {eps.provider.name!r})"
+    where = eps.provider.where
     if deployment.traffic:
         raise UnsupportedFeature("traffic split", where, hint="drop traffic: one model per name")
     if deployment.min_replicas != deployment.max_replicas:

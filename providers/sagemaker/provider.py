@@ -58,10 +58,6 @@ class SageMakerProvider(Provider):
         self._endpoints: Endpoints | None = None
 
     @property
-    def where(self) -> str:
-        return f"{self.type} (profile {self.name!r})"
-
-    @property
     def clients(self) -> Clients:
         if self._clients is None:
             from providers.sagemaker.clients import Clients

@@ -41,10 +41,6 @@ PREDICT_ROUTE, HEALTH_ROUTE = "/predict", "/health"
 CALL_TIMEOUT = 60.0
 
 
-def _where(provider: VertexProvider) -> str:
-    return f"vertex (profile {provider.name!r})"
-
-
 def _existing(provider: VertexProvider, name: str) -> EndpointRecord | None:
     try:
         return provider.store.get_endpoint(name, provider=provider.name)
@@ -69,7 +65,7 @@ def _model_source(provider: VertexProvider, d: Deployment) -> dict[str, Any]:
     if "://" in d.model:
         raise UnsupportedFeature(
             f"model from {d.model.split('://', 1)[0]}://",
-            _where(provider),
+            provider.where,
             hint="use a local model directory or a gs:// URI",
         )
     root = Path(d.model)
@@ -111,7 +107,7 @@ def _split(d: Deployment, old: list[str], where: str) -> dict[str, int]:
 
 def plan_deploy(provider: VertexProvider, d: Deployment) -> Plan:
     conf = provider.settings
-    where = _where(provider)
+    where = provider.where
     if not conf.serving_image:
         raise ConfigError(
             f"profile {provider.name!r}: serving_image is needed to deploy on Vertex",

@@ -50,10 +50,6 @@ def gcs_path(bucket: str, key: str) -> str:
     return f"/gcs/{bucket}/{key}"
 
 
-def _where(provider: VertexProvider) -> str:
-    return f"vertex (profile {provider.name!r})"
-
-
 def _image(job: TrainingJob, conf: VertexSettings, gpu: bool, where: str) -> str:
     if job.image:
         return job.image
@@ -136,7 +132,7 @@ def plan_job(provider: VertexProvider, job: TrainingJob) -> Plan:
     from providers.common.staging import code_key, pack_source
 
     conf = provider.settings
-    where = _where(provider)
+    where = provider.where
     if job.elastic:
         raise UnsupportedFeature(
             "elastic nodes {min, max}",
