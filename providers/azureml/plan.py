@@ -229,6 +229,8 @@ def rest_body(entity: Command) -> dict[str, Any]:
 
 
 def plan_job(provider: AzureMLProvider, job: TrainingJob) -> Plan:
+    from providers.common.staging import source_dir
+
     if job.elastic:
         raise UnsupportedFeature(
             "elastic nodes {min, max}",
@@ -237,9 +239,7 @@ def plan_job(provider: AzureMLProvider, job: TrainingJob) -> Plan:
             "(max_restarts re-submits the job after a failure)",
         )
     provider.check_job(job)
-    source = Path(job.source)
-    if not source.is_dir():
-        raise SpecError(f"source: {source} is not a directory", hint="set source: to your code dir")
+    source = source_dir(job.source)
     job_id = new_job_id(job.name)
     entity = build_command(provider, job, job_id, attempt=1, code=str(source))
     # The SDK registers an inline image environment before the PUT and sends its id.

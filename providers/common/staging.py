@@ -207,17 +207,23 @@ def _human(size: int) -> str:
     return f"{size / 2**20:.0f} MiB" if size >= 2**20 else f"{size} bytes"
 
 
+def source_dir(source: str | Path) -> Path:
+    """The job's source directory (a path or file:// URI), or SpecError."""
+    path = Path(str(source).removeprefix("file://"))
+    if not path.is_dir():
+        raise SpecError(
+            f"source {str(path)!r} is not a directory",
+            hint="set `source:` in the job spec to the directory holding your training code",
+        )
+    return path
+
+
 def collect(
     source: Path, *, include_runtime: bool = True, max_bytes: int | None = None
 ) -> list[_Entry]:
     """The sorted file set of ``source`` (plus the runtime), checked for size."""
-    source = Path(source)
+    source = source_dir(source)
     limit = MAX_SOURCE_BYTES if max_bytes is None else max_bytes
-    if not source.is_dir():
-        raise SpecError(
-            f"source {str(source)!r} is not a directory",
-            hint="set `source:` in the job spec to the directory holding your training code",
-        )
     entries: list[_Entry] = []
     total = 0
     for name, path in _walk(source):
@@ -300,6 +306,30 @@ def code_key(prefix: str, archive: SourceArchive) -> str:
 
 
 # ---- safe extraction ------------------------------------------------------------------------
+def tree_digest(path: Path) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """sha256 over the relative names and contents of a file or directory tree (files streamed,
+    symlinks skipped), and its files as (relative name, absolute path): the content address
+    under which a local input is uploaded."""
+    if path.is_file():
+        entries = [(path.name, path)]
+    elif path.is_dir():
+        entries = sorted(
+            (p.relative_to(path).as_posix(), p)
+            for p in path.rglob("*")
+            if p.is_file() and not p.is_symlink()
+        )
+    else:
+        raise SpecError(f"input {path} does not exist")
+    outer = hashlib.sha256()
+    for rel, p in entries:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        outer.update(f"{rel}\0{h.hexdigest()}\n".encode())
+    return outer.hexdigest(), tuple((rel, str(p)) for rel, p in entries)
+
+
 def _check_member(member: tarfile.TarInfo, root: Path) -> None:
     name = member.name
     pure = PurePosixPath(name)

@@ -48,7 +48,7 @@ def _local_path(value: str, what: str, provider: LocalProvider) -> str:
         scheme = value.split("://", 1)[0]
         raise UnsupportedFeature(
             f"{what} {scheme}:// URIs",
-            f"local (profile {provider.name!r})",
+            provider.where,
             hint="use a local path or file:// URI, or run on the cloud that holds the data",
         )
     return str(Path(value.removeprefix("file://")).expanduser().resolve())

@@ -56,28 +56,6 @@ class LocalInput:
     sha256: str
 
 
-def tree_digest(path: Path) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """sha256 over the relative names and contents of a file or directory tree."""
-    if path.is_file():
-        entries = [(path.name, path)]
-    elif path.is_dir():
-        entries = sorted(
-            (p.relative_to(path).as_posix(), p)
-            for p in path.rglob("*")
-            if p.is_file() and not p.is_symlink()
-        )
-    else:
-        raise SpecError(f"input {path} does not exist")
-    outer = hashlib.sha256()
-    for rel, p in entries:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        outer.update(f"{rel}\0{h.hexdigest()}\n".encode())
-    return outer.hexdigest(), tuple((rel, str(p)) for rel, p in entries)
-
-
 def _s3_or_refuse(value: str, what: str, where: str) -> str | None:
     """An s3:// URI as is; None for a local path; other schemes refused."""
     if value.startswith("s3://"):
@@ -129,7 +107,7 @@ def build(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (CreateTrainingJob kwargs, private context for submit)."""
     from providers.common.bootstrap import bootstrap_argv
-    from providers.common.staging import code_key, pack_source
+    from providers.common.staging import code_key, pack_source, tree_digest
 
     if job.elastic:
         raise UnsupportedFeature(

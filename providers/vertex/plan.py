@@ -9,7 +9,6 @@ keys go into the plan so that submitting uploads only what the bucket lacks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,25 +71,11 @@ def _image(job: TrainingJob, conf: VertexSettings, gpu: bool, where: str) -> str
     return template.format(v=major_minor)
 
 
-def _tree(path: Path) -> tuple[str, list[tuple[Path, str]]]:
-    """Content hash of a file or directory and its files as (path, relative name)."""
-    if path.is_file():
-        files = [(path, path.name)]
-    else:
-        files = sorted(
-            (p, p.relative_to(path).as_posix())
-            for p in path.rglob("*")
-            if p.is_file() and not p.is_symlink()
-        )
-    digest = hashlib.sha256()
-    for file, rel in files:
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest(), files
-
-
 def _inputs(
     job: TrainingJob, conf: VertexSettings, where: str
 ) -> tuple[dict[str, str], list[Upload]]:
+    from providers.common.staging import tree_digest
+
     uris: dict[str, str] = {}
     uploads: list[Upload] = []
     for name, value in sorted(job.inputs.items()):
@@ -106,9 +91,9 @@ def _inputs(
         path = Path(value.removeprefix("file://"))
         if not path.exists():
             raise SpecError(f"inputs.{name}: {path} does not exist")
-        digest, files = _tree(path)
+        digest, files = tree_digest(path)
         base = f"{conf.prefix}/inputs/{digest}"
-        uploads += [Upload(str(f), f"{base}/{rel}", base) for f, rel in files]
+        uploads += [Upload(f, f"{base}/{rel}", base) for rel, f in files]
         uris[name] = f"gs://{conf.bucket}/{base}" + (f"/{path.name}" if path.is_file() else "")
     return uris, uploads
 
@@ -129,7 +114,7 @@ def _checkpoint(job: TrainingJob, base_output: str, where: str) -> str | None:
 
 def plan_job(provider: VertexProvider, job: TrainingJob) -> Plan:
     from providers.common.bootstrap import bootstrap_argv
-    from providers.common.staging import code_key, pack_source
+    from providers.common.staging import code_key, pack_source, source_dir
 
     conf = provider.settings
     where = provider.where
@@ -140,9 +125,7 @@ def plan_job(provider: VertexProvider, job: TrainingJob) -> Plan:
             hint="Vertex worker pools have a fixed replica count: use nodes: N "
             "(max_restarts restarts the whole job after a worker failure)",
         )
-    source = Path(job.source)
-    if not source.is_dir():
-        raise SpecError(f"source: {source} is not a directory", hint="set source: to your code dir")
+    source = source_dir(job.source)
     if job.output is not None and not job.output.startswith("gs://"):
         raise UnsupportedFeature(
             f"output {job.output!r}", where, hint="use a gs:// URI or leave output unset"
