@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,12 +51,6 @@ def _local_path(value: str, what: str, provider: LocalProvider) -> str:
             hint="use a local path or file:// URI, or run on the cloud that holds the data",
         )
     return str(Path(value.removeprefix("file://")).expanduser().resolve())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gpu_count() -> int:
@@ -132,7 +125,9 @@ def plan_job(provider: LocalProvider, job: TrainingJob) -> Plan:
         if conf.rdzv_endpoint:
             endpoint, host_store = conf.rdzv_endpoint, False
         else:
-            port = _free_port()
+            from providers.local.endpoint_net import free_port  # distributed jobs only
+
+            port = free_port()
             ports.append(port)
             endpoint, host_store = f"127.0.0.1:{port}", True
             rdzv = {"host": "127.0.0.1", "port": port}
