@@ -320,13 +320,11 @@ def tree_digest(path: Path) -> tuple[str, tuple[tuple[str, str], ...]]:
         )
     else:
         raise SpecError(f"input {path} does not exist")
+    from mlcloud.modeldir import sha256_file
+
     outer = hashlib.sha256()
     for rel, p in entries:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        outer.update(f"{rel}\0{h.hexdigest()}\n".encode())
+        outer.update(f"{rel}\0{sha256_file(p)}\n".encode())
     return outer.hexdigest(), tuple((rel, str(p)) for rel, p in entries)
 
 
