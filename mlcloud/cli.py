@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,19 +45,6 @@ def provider_option(f: F) -> F:
         help="Profile in mlcloud.yaml or provider type (default: MLCLOUD_PROVIDER, the file's "
         "default, local).",
     )(f)
-
-
-@contextmanager
-def _progress(message: str) -> Iterator[None]:
-    """A spinner on stderr while a long step runs (only on a terminal)."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield
-        return
-    with console.status(message):
-        yield
 
 
 def emit_json(data: Any) -> None:
@@ -427,7 +413,9 @@ def image_build(model_dir: str | None, tag: str, output: str) -> None:
     import dataclasses
 
     try:
-        with _progress("building the Bento (bentoml build)"):
+        from mlcloud.progress import Progress
+
+        with Progress(None, "building the Bento (bentoml build)"):
             result = build_image(Path(model_dir) if model_dir else None, tag)
     except ValueError as e:  # a bad tag
         raise click.BadParameter(str(e), param_hint="--tag") from None

@@ -11,9 +11,7 @@ import secrets
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 SERVICE = "serving.service:MlcloudService"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -92,27 +90,3 @@ def has_bentoml() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("bentoml") is not None
-
-
-class Progress:
-    """A spinner on stderr (rich) while the deploy waits; or a caller-supplied callback."""
-
-    def __init__(self, callback: Callable[[str], None] | None) -> None:
-        self.callback = callback
-        self._status: Any = None
-
-    def __enter__(self) -> Callable[[str], None]:
-        if self.callback is not None:
-            return self.callback
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            return lambda _msg: None
-        self._status = console.status("deploying")
-        self._status.__enter__()
-        return lambda msg: self._status.update(msg)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            self._status.__exit__(*exc)

@@ -39,13 +39,13 @@ from mlcloud.errors import (
     SpecError,
     Transient,
 )
+from mlcloud.progress import Progress
 from mlcloud.provider import EndpointRecord, EndpointState, Plan
 from providers.local import endpoint_procs as procs
 from providers.local.endpoint_net import (
     DRAIN_TIMEOUT,
     TIMEOUT_ENV,
     TOKEN_ENV,
-    Progress,
     api_token,
     connect_host,
     has_bentoml,
@@ -148,7 +148,7 @@ class LocalEndpoints:
                     provider=self.provider.name,
                     hint="plan and deploy again",
                 )
-            with Progress(progress) as show:
+            with Progress(progress, "deploying") as show:
                 return self._deploy_locked(plan, deployment, old, model_dir, show)
 
     def _deploy_locked(
