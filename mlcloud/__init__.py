@@ -18,6 +18,7 @@ _LAZY = {
     "ReplicaRange": "mlcloud.specs",
     "load_job": "mlcloud.specs",
     "plan": "mlcloud.api",
+    "submit": "mlcloud.api",
     "train": "mlcloud.api",
     "get_provider": "mlcloud.api",
     "job": "mlcloud.api",

@@ -6,57 +6,152 @@ job.wait()
 ep = mlcloud.deploy(job.id, name="iris")
 ep.predict({"instances": [[5.1, 3.5, 1.4, 0.2]]})
 ep.undeploy()
+
+This is the facade every front end uses (the CLI calls nothing else of the core but the
+records and errors it hands back): it resolves profiles to providers through the registry,
+loads specs, and owns the waiting loops. Planning and submitting are separate steps, like
+TorchX's dry-run + schedule: ``p = plan(job)`` shows the exact native request, ``submit(p)``
+sends it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
+from mlcloud import registry
 from mlcloud.config import Profile, load_config
-from mlcloud.errors import MlcloudError, NotFoundLocally, SpecError
-from mlcloud.provider import EndpointRecord, JobRecord, JobState, Plan, Provider
-from mlcloud.registry import get_provider as _provider_for_profile
+from mlcloud.errors import MlcloudError, NotFoundLocally, ProviderUnavailable, SpecError, Transient
+from mlcloud.provider import Provider
+from mlcloud.records import EndpointRecord, JobRecord, JobState, Plan
 from mlcloud.specs import Deployment, ReplicaRange, TrainingJob, load_job, validate_spec
 from mlcloud.store import Store
 
 JobLike = TrainingJob | str | Path
 
 
-def get_provider(name: str | None = None, store: Store | None = None) -> Provider:
+# ---- providers -------------------------------------------------------------------------------
+def resolve_profile(name: str | None = None) -> Profile:
+    """The profile ``name`` selects (default: MLCLOUD_PROVIDER, mlcloud.yaml, local), its
+    provider type checked (``ConfigError`` listing the profiles and types otherwise)."""
+    return registry.resolve_profile(load_config(), name)
+
+
+def get_provider(name: str | None = None, store: Store | None = None) -> Provider[Any]:
     """The provider for profile/type ``name`` (default: MLCLOUD_PROVIDER, mlcloud.yaml, local)."""
-    return _provider_for_profile(load_config().resolve(name), store)
+    return registry.get_provider(resolve_profile(name), store)
 
 
-def provider_named(profile_name: str, store: Store) -> Provider:
-    """The provider a stored job/endpoint was made with (its profile, if still configured)."""
+def provider_named(profile_name: str, store: Store) -> Provider[Any]:
+    """The provider a stored job/endpoint/plan was made with (its profile, if still configured;
+    else the provider type of that name with default settings)."""
+    profile = resolve_profile(profile_name) if profile_name else Profile("local", "local")
+    return registry.get_provider(profile, store)
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    type: str
+    installed: bool
+    origin: str  # "built-in" or the distribution that registered it
+    install: str | None  # the pip line, when not installed
+
+
+@dataclass(frozen=True)
+class ProfileInfo:
+    name: str
+    type: str
+    source: str  # the file it comes from
+    default: bool
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What ``mlcloud providers`` shows: provider types, configured profiles, warnings."""
+
+    providers: tuple[ProviderInfo, ...]
+    profiles: tuple[ProfileInfo, ...]
+    default: str
+    warnings: tuple[str, ...]
+
+
+def overview() -> Overview:
+    """Known providers (installed or not), the configured profiles and the default."""
     config = load_config()
-    profile = config.profiles.get(profile_name)
-    if profile is None:
-        profile = config.resolve(profile_name) if profile_name else Profile("local", "local")
-    return _provider_for_profile(profile, store)
+    registry.check_profiles(config)
+    providers = tuple(
+        ProviderInfo(
+            type=entry.type,
+            installed=(ok := registry.is_installed(entry)),
+            origin=entry.origin,
+            install=None if ok else entry.install,
+        )
+        for entry in sorted(registry.entries().values(), key=lambda e: e.type)
+    )
+    profiles = tuple(
+        ProfileInfo(p.name, p.type, p.source, p.name == config.default)
+        for p in config.profiles.values()
+    )
+    warnings = [*registry.clashes()]
+    for package in registry.OWN_PACKAGES:
+        where = registry.shadowing(package)
+        if where is not None:
+            warnings.append(f"{where} shadows mlcloud's {package!r} package: rename it")
+    return Overview(providers, profiles, config.default, tuple(warnings))
 
 
-def _as_job(job: JobLike, overrides: list[str] | None = None) -> TrainingJob:
+def write_starter_config(path: str | Path, force: bool = False) -> Path:
+    """Write a commented starter ``mlcloud.yaml`` (``ConfigError`` if it exists, unless force)."""
+    from mlcloud.config import STARTER
+    from mlcloud.errors import ConfigError
+
+    target = Path(path)
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists", hint="use --force to overwrite it")
+    target.write_text(STARTER, encoding="utf-8")
+    return target
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of ``job`` (job.yaml) or ``deployment``."""
+    from mlcloud.specs import json_schema as schema
+
+    return schema(kind)
+
+
+# ---- jobs ------------------------------------------------------------------------------------
+def load_job_spec(job: JobLike, overrides: Sequence[str] = ()) -> TrainingJob:
+    """A TrainingJob from a job file (with ``KEY=VALUE`` overrides) or as given."""
     if isinstance(job, TrainingJob):
         if overrides:
             raise SpecError("overrides apply to job files; change the TrainingJob instead")
         return job
-    return load_job(Path(job), overrides)
+    return load_job(Path(job), list(overrides))
 
 
-def plan(job: JobLike, provider: str | None = None, overrides: list[str] | None = None) -> Plan:
+def plan(
+    job: JobLike, provider: str | None = None, overrides: Sequence[str] | None = None
+) -> Plan[TrainingJob]:
     """The exact native request(s) ``train`` would send, without sending anything."""
-    return get_provider(provider).plan_job(_as_job(job, overrides))
+    spec = load_job_spec(job, overrides or ())  # a bad spec fails before any provider loads
+    return get_provider(provider).plan_job(spec)
 
 
-def train(job: JobLike, provider: str | None = None, overrides: list[str] | None = None) -> Job:
+def submit(planned: Plan[TrainingJob]) -> Job:
+    """Send a plan made by :func:`plan` with the provider (profile) that made it."""
+    store = Store.open()
+    prov = provider_named(planned.provider, store)
+    return Job(prov, prov.submit_job(planned))
+
+
+def train(job: JobLike, provider: str | None = None, overrides: Sequence[str] | None = None) -> Job:
     """Submit a training job and return a handle on it (it runs detached)."""
+    spec = load_job_spec(job, overrides or ())
     prov = get_provider(provider)
-    record = prov.submit_job(prov.plan_job(_as_job(job, overrides)))
-    return Job(prov, record)
+    return Job(prov, prov.submit_job(prov.plan_job(spec)))
 
 
 def job(job_id: str) -> Job:
@@ -65,10 +160,15 @@ def job(job_id: str) -> Job:
     return Job(provider_named(record.provider, store), record)
 
 
+def list_jobs(provider: str | None = None, limit: int = 50) -> list[JobRecord]:
+    """Jobs in the local state store (all providers, or one profile's), newest first."""
+    return Store.open().list_jobs(provider=provider, limit=limit)
+
+
 class Job:
     """A submitted job on any provider."""
 
-    def __init__(self, provider: Provider, record: JobRecord) -> None:
+    def __init__(self, provider: Provider[Any], record: JobRecord) -> None:
         self.provider = provider
         self.record = record
 
@@ -77,22 +177,56 @@ class Job:
         return self.record.id
 
     def status(self) -> JobRecord:
+        """Refresh and return the job's record (a pure read: it changes nothing)."""
         self.record = self.provider.job_status(self.id)
         return self.record
 
-    def logs(self, follow: bool = False) -> Iterator[str]:
-        return self.provider.job_logs(self.id, follow=follow)
+    def advance(self) -> JobRecord:
+        """Refresh and take the transition the job is due (e.g. re-submit a failed attempt
+        that ``max_restarts`` allows). What a waiting loop calls."""
+        self.record = self.provider.advance_job(self.id)
+        return self.record
+
+    def logs(self, follow: bool = False, poll: float = 0.5) -> Iterator[str]:
+        """The job's log lines. Following is a read, so a provider's stream ends when an
+        attempt ends; this then advances the job (a due restart is submitted) and follows the
+        next attempt, until the job itself ends."""
+        if not follow:
+            yield from self.provider.job_logs(self.id)
+            return
+        shown = 0  # each pass reads the job's log from its start: skip what was shown
+        while True:
+            for index, line in enumerate(self.provider.job_logs(self.id, follow=True)):
+                if index >= shown:
+                    shown += 1
+                    yield line
+            if self.advance().state.terminal:
+                return
+            time.sleep(poll)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The job's state history from the store, oldest first."""
+        return self.provider.store.job_events(self.id)
 
     def cancel(self) -> JobRecord:
         self.record = self.provider.cancel_job(self.id)
         return self.record
 
     def wait(self, timeout: float | None = None, poll: float = 0.5) -> JobRecord:
-        """Block until the job ends; raises TimeoutError after ``timeout`` seconds."""
+        """Block until the job ends, advancing it on the way (restarts happen here).
+
+        After ``timeout`` seconds: ``Transient`` with code ``WaitTimeout`` (the job keeps
+        running), like every waiting loop in mlcloud.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.status().state.terminal:
+        while not self.advance().state.terminal:
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.id} still {self.record.state} after {timeout}s")
+                raise self.provider.origin.error(
+                    Transient,
+                    f"job {self.id} still {self.record.state} after {timeout:.0f}s",
+                    code="WaitTimeout",
+                    hint=f"it keeps running: mlcloud logs {self.id} -f",
+                )
             time.sleep(poll)
         return self.record
 
@@ -105,6 +239,18 @@ class Job:
 
 
 # ---- endpoints ------------------------------------------------------------------------------
+class DeployOptions(TypedDict, total=False):
+    """What a deployment may set besides its model and name (``None``: not set)."""
+
+    replicas: int | None
+    min_replicas: int | None
+    max_replicas: int | None
+    port: int | None
+    host: str | None
+    env: Mapping[str, str] | None
+    resources: Mapping[str, object] | None
+
+
 def resolve_model(ref: str, store: Store) -> tuple[str, str | None]:
     """A model reference → (model dir or URI, source job id). Refs: a dir, a URI, or a job id."""
     path = Path(ref).expanduser()
@@ -131,38 +277,35 @@ def resolve_model(ref: str, store: Store) -> tuple[str, str | None]:
 
 
 def build_deployment(
-    model: str,
-    name: str,
-    store: Store,
-    *,
-    replicas: int | None = None,
-    min_replicas: int | None = None,
-    max_replicas: int | None = None,
-    port: int | None = None,
-    host: str | None = None,
-    env: dict[str, str] | None = None,
-    resources: dict[str, Any] | None = None,
+    model: str, name: str, store: Store, **options: Unpack[DeployOptions]
 ) -> Deployment:
     uri, source_job = resolve_model(model, store)
-    data: dict[str, Any] = {"name": name, "model": uri, "source_job": source_job}
-    if min_replicas is not None or max_replicas is not None:
-        low = min_replicas if min_replicas is not None else 1
-        high = max_replicas if max_replicas is not None else max(low, 1)
+    data: dict[str, object] = {"name": name, "model": uri, "source_job": source_job}
+    low, high = options.get("min_replicas"), options.get("max_replicas")
+    if low is not None or high is not None:
+        low = low if low is not None else 1
+        high = high if high is not None else max(low, 1)
         data["replicas"] = ReplicaRange(min=low, max=high).model_dump()
-    elif replicas is not None:
-        data["replicas"] = replicas
-    for key, value in (("port", port), ("host", host), ("env", env), ("resources", resources)):
+    elif options.get("replicas") is not None:
+        data["replicas"] = options.get("replicas")
+    for key in ("port", "host", "env", "resources"):
+        value = options.get(key)
         if value:
-            data[key] = value
+            data[key] = dict(value) if isinstance(value, Mapping) else value
     return validate_spec(Deployment, data, "deployment")
 
 
-def plan_deploy(model: str, name: str, provider: str | None = None, **options: Any) -> Plan:
+def plan_deploy(
+    model: str, name: str, provider: str | None = None, **options: Unpack[DeployOptions]
+) -> Plan[Deployment]:
+    """The exact native request(s) ``deploy`` would send, changing nothing."""
     prov = get_provider(provider)
     return prov.plan_deploy(build_deployment(model, name, prov.store, **options))
 
 
-def deploy(model: str, name: str, provider: str | None = None, **options: Any) -> Endpoint:
+def deploy(
+    model: str, name: str, provider: str | None = None, **options: Unpack[DeployOptions]
+) -> Endpoint:
     """Serve ``model`` (a model dir, URI or job id) as ``name`` (updates it if it exists)."""
     prov = get_provider(provider)
     deployment = build_deployment(model, name, prov.store, **options)
@@ -176,10 +319,15 @@ def endpoint(name: str, provider: str | None = None) -> Endpoint:
     return Endpoint(provider_named(record.provider, store), record)
 
 
+def list_endpoints(provider: str | None = None) -> list[EndpointRecord]:
+    """Endpoints in the local state store (all providers, or one profile's)."""
+    return Store.open().list_endpoints(provider=provider)
+
+
 class Endpoint:
     """A deployed endpoint on any provider."""
 
-    def __init__(self, provider: Provider, record: EndpointRecord) -> None:
+    def __init__(self, provider: Provider[Any], record: EndpointRecord) -> None:
         self.provider = provider
         self.record = record
 
@@ -206,3 +354,28 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint({self.name!r}, {self.record.state}, url={self.url!r})"
+
+
+# ---- the serving image -----------------------------------------------------------------------
+@runtime_checkable
+class ImageBuild(Protocol):
+    """What ``serving.image.build_image`` returns (its ``ImageResult``)."""
+
+    bento_tag: str
+    image: str | None  # the container image, when one was built
+    engine: str | None  # the container engine used
+    message: str
+    commands: tuple[str, ...]  # how to build the image elsewhere (empty when built here)
+
+
+def build_image(model_dir: str | Path | None, tag: str) -> ImageBuild:
+    """Build the serving Bento (and its container image where an engine runs) for
+    ``model_dir`` (None: any model). ``ModelError`` for a bad model dir, ``SpecError`` for a
+    bad tag; needs the ``serve`` extra."""
+    build = registry.serving_target(registry.BUILD_IMAGE)
+    if not callable(build):
+        raise ProviderUnavailable("serving", registry.SERVE_INSTALL, "build_image is not callable")
+    result = build(Path(model_dir) if model_dir is not None else None, tag)
+    if not isinstance(result, ImageBuild):
+        raise ProviderUnavailable("serving", registry.SERVE_INSTALL, "unexpected build result")
+    return result

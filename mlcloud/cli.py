@@ -4,10 +4,16 @@ Start-up is kept cheap: this module imports only click; specs, providers and SDK
 inside the command that needs them (``mlcloud --help`` loads no pydantic, no cloud SDK).
 Every failure is one ``error:`` line plus a ``hint:`` line and a non-zero exit, never a
 traceback unless ``--debug``.
+
+The commands only parse arguments and print: every operation goes through the SDK facade
+(``mlcloud.api``), which hands back records and raises ``mlcloud.errors``. No provider logic
+lives here (an import-linter contract keeps this module off the registry, the providers, the
+store and the config).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -18,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from mlcloud.provider import EndpointRecord, JobRecord, Plan
+    from mlcloud.records import EndpointRecord, JobRecord, Plan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,23 +107,22 @@ def train(
     """Run a training job described by FILE (default: job.yaml)."""
     from mlcloud import api
 
-    prov = api.get_provider(provider)
-    plan = prov.plan_job(api._as_job(file, list(overrides)))
     if dry_run:
-        _print_plan(plan, output)
+        _print_plan(api.plan(file, provider, list(overrides)), output)
         return
-    record = prov.submit_job(plan)
+    job = api.train(file, provider, list(overrides))
+    record = job.record
     if output == "json" and not follow:
         emit_json(record.to_dict())
         return
-    click.echo(f"submitted {record.id} to {prov.name} ({prov.type})", err=True)
+    click.echo(f"submitted {record.id} to {record.provider} ({record.type})", err=True)
     if not follow:
         click.echo(record.id)
         click.echo(f"follow it with: mlcloud logs {record.id} -f", err=True)
         return
-    for line in prov.job_logs(record.id, follow=True):
+    for line in job.logs(follow=True):
         click.echo(line)
-    final = prov.job_status(record.id)
+    final = job.wait()  # advances the job (a due restart happens here) until it ends
     if output == "json":
         emit_json(final.to_dict())
     else:
@@ -126,7 +131,7 @@ def train(
         sys.exit(EXIT_FAILED)
 
 
-def _print_plan(plan: Plan, output: str) -> None:
+def _print_plan(plan: Plan[Any], output: str) -> None:
     if output == "json":
         click.echo(plan.to_json())
         return
@@ -158,9 +163,9 @@ def jobs(ctx: click.Context) -> None:
 @output_option
 def jobs_list(provider: str | None = None, limit: int = 50, output: str = "text") -> None:
     """Jobs recorded in the local state store, newest first."""
-    from mlcloud.store import Store
+    from mlcloud import api
 
-    records = Store.open().list_jobs(provider=provider, limit=limit)
+    records = api.list_jobs(provider, limit)
     if output == "json":
         emit_json([r.to_dict() for r in records])
         return
@@ -186,7 +191,7 @@ def jobs_show(job_id: str, output: str) -> None:
 
     handle = api.job(job_id)
     record = handle.status()
-    events = handle.provider.store.job_events(job_id)
+    events = handle.events()
     if output == "json":
         emit_json({**record.to_dict(), "events": events})
         return
@@ -256,23 +261,18 @@ def deploy(
     """Serve MODEL (a model directory, URI, or a job id) as endpoint --name."""
     from mlcloud import api
 
-    prov = api.get_provider(provider)
-    deployment = api.build_deployment(
-        model,
-        name,
-        prov.store,
-        replicas=replicas,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        port=port,
-        host=host,
-        env=_pairs(env_pairs, "--env"),
-    )
-    plan = prov.plan_deploy(deployment)
+    options: api.DeployOptions = {
+        "replicas": replicas,
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "port": port,
+        "host": host,
+        "env": _pairs(env_pairs, "--env"),
+    }
     if dry_run:
-        _print_plan(plan, output)
+        _print_plan(api.plan_deploy(model, name, provider, **options), output)
         return
-    record = prov.deploy(plan)
+    record = api.deploy(model, name, provider, **options).record
     if output == "json":
         emit_json(record.to_dict())
         return
@@ -305,9 +305,9 @@ def endpoints(ctx: click.Context) -> None:
 @output_option
 def endpoints_list(provider: str | None = None, output: str = "text") -> None:
     """Endpoints recorded in the local state store."""
-    from mlcloud.store import Store
+    from mlcloud import api
 
-    records = Store.open().list_endpoints(provider=provider)
+    records = api.list_endpoints(provider)
     if output == "json":
         emit_json([r.to_dict() for r in records])
         return
@@ -404,23 +404,23 @@ def image() -> None:
 @output_option
 def image_build(model_dir: str | None, tag: str, output: str) -> None:
     """Build the Bento (and the container image when a container engine is available)."""
-    try:
-        from serving.image import build_image
-    except ImportError as e:
-        from mlcloud.errors import ProviderUnavailable
+    from mlcloud import api
+    from mlcloud.progress import Progress
 
-        raise ProviderUnavailable("serving", "pip install 'mlcloud[serve]'", str(e)) from None
-    import dataclasses
-
-    try:
-        from mlcloud.progress import Progress
-
-        with Progress(None, "building the Bento (bentoml build)"):
-            result = build_image(Path(model_dir) if model_dir else None, tag)
-    except ValueError as e:  # a bad tag
-        raise click.BadParameter(str(e), param_hint="--tag") from None
+    # No except here: a bad tag is a SpecError, a bad model dir a ModelError; each reports
+    # itself (a ValueError catch once turned a tampered model into "Invalid value for --tag").
+    with Progress(None, "building the Bento (bentoml build)"):
+        result = api.build_image(model_dir, tag)
     if output == "json":
-        emit_json(dataclasses.asdict(result))
+        emit_json(
+            {
+                "bento_tag": result.bento_tag,
+                "image": result.image,
+                "engine": result.engine,
+                "message": result.message,
+                "commands": list(result.commands),
+            }
+        )
         return
     click.echo(result.message)
     click.echo(f"bento: {result.bento_tag}")
@@ -437,47 +437,34 @@ def image_build(model_dir: str | None, tag: str, output: str) -> None:
 @output_option
 def providers(output: str) -> None:
     """Known providers, whether each is installed, and the configured profiles."""
-    from mlcloud import registry
-    from mlcloud.config import load_config
+    from mlcloud import api
 
-    config = load_config()
-    rows: list[dict[str, Any]] = []
-    for entry in sorted(registry.entries().values(), key=lambda e: e.type):
-        ok = registry.is_installed(entry)
-        rows.append(
-            {  # str values only: printed in a table
-                "type": entry.type,
-                "installed": ok,
-                "origin": entry.origin,
-                "install": None if ok else entry.install,
+    info = api.overview()
+    if output == "json":
+        emit_json(
+            {
+                "providers": [dataclasses.asdict(p) for p in info.providers],
+                "profiles": [dataclasses.asdict(p) for p in info.profiles],
+                "default": info.default,
+                "warnings": list(info.warnings),
             }
         )
-    profiles: list[dict[str, Any]] = [
-        {"name": p.name, "type": p.type, "source": p.source,
-         "default": p.name == config.default}
-        for p in config.profiles.values()
-    ]  # fmt: skip
-    if output == "json":
-        emit_json({"providers": rows, "profiles": profiles, "default": config.default,
-                   "warnings": list(registry.clashes())})  # fmt: skip
         return
     _table(
         ["provider", "installed", "origin", "install"],
-        [[r["type"], "yes" if r["installed"] else "no", r["origin"], r["install"] or ""]
-         for r in rows],
+        [[p.type, "yes" if p.installed else "no", p.origin, p.install or ""]
+         for p in info.providers],
     )  # fmt: skip
     click.echo("")
-    if profiles:
+    if info.profiles:
         _table(
             ["profile", "type", "from"],
-            [[p["name"] + (" (default)" if p["default"] else ""), p["type"], p["source"]]
-             for p in profiles],
+            [[p.name + (" (default)" if p.default else ""), p.type, p.source]
+             for p in info.profiles],
         )  # fmt: skip
     else:
-        click.echo(
-            f"no mlcloud.yaml: default provider is {config.default} (mlcloud init writes one)"
-        )
-    for warning in registry.clashes():
+        click.echo(f"no mlcloud.yaml: default provider is {info.default} (mlcloud init writes one)")
+    for warning in info.warnings:
         click.echo(f"warning: {warning}", err=True)
 
 
@@ -486,23 +473,18 @@ def providers(output: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path: str, force: bool) -> None:
     """Write a commented starter mlcloud.yaml."""
-    from mlcloud.config import STARTER
-    from mlcloud.errors import ConfigError
+    from mlcloud import api
 
-    target = Path(path)
-    if target.exists() and not force:
-        raise ConfigError(f"{target} already exists", hint="use --force to overwrite it")
-    target.write_text(STARTER, encoding="utf-8")
-    click.echo(f"wrote {target}")
+    click.echo(f"wrote {api.write_starter_config(path, force)}")
 
 
 @cli.command()
 @click.argument("kind", type=click.Choice(["job", "deployment"]), default="job")
 def schema(kind: str) -> None:
     """Print the JSON Schema of job.yaml (or a deployment), for editors."""
-    from mlcloud.specs import json_schema
+    from mlcloud import api
 
-    emit_json(json_schema(kind))
+    emit_json(api.json_schema(kind))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,8 +4,12 @@ Precedence for the profile name: ``--provider`` flag > ``MLCLOUD_PROVIDER`` > th
 ``default`` > the user file's ``default`` > ``local``. The project file is ``$MLCLOUD_CONFIG`` or
 the first ``mlcloud.yaml`` in the working directory or its parents; the user file lives in the
 user config dir. Profiles from both are merged (project wins by name). A name that is not a
-profile but is a provider type (``--provider sagemaker``) means that type with default settings,
-so mlcloud works with no file at all.
+profile is taken to be a provider type (``--provider sagemaker``) with default settings, so
+mlcloud works with no file at all.
+
+This module only reads files: it knows no provider types. Whether a profile's ``type`` names a
+provider is checked by the registry when a provider is resolved (``registry.resolve_profile``),
+so the layers stay one-way (config never calls up into the registry).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from mlcloud.errors import ConfigError
 
 FILENAME = "mlcloud.yaml"
 BUILTIN_DEFAULT = "local"
+#: ``Profile.source`` of a profile that no file defines: a bare provider type, default settings
+IMPLIED = "built-in"
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
@@ -29,7 +35,7 @@ class Profile:
     name: str
     type: str
     settings: dict[str, Any] = field(default_factory=dict)
-    source: str = "built-in"  # the file it came from
+    source: str = IMPLIED  # the file it came from
 
 
 @dataclass(frozen=True)
@@ -39,21 +45,16 @@ class Config:
     files: tuple[Path, ...]
 
     def resolve(self, name: str | None = None) -> Profile:
-        """The profile to use: the explicit ``name``, else env, else the files' default."""
-        from mlcloud import registry
+        """The profile to use: the explicit ``name``, else env, else the files' default.
 
+        A name that is not a profile stands for the provider type of that name with default
+        settings (``source`` is :data:`IMPLIED`); the registry rejects it if no provider has
+        that type.
+        """
         chosen = name or os.environ.get("MLCLOUD_PROVIDER") or self.default
         if chosen in self.profiles:
             return self.profiles[chosen]
-        if registry.entry(chosen) is not None:
-            return Profile(name=chosen, type=chosen)
-        raise ConfigError(
-            f"unknown provider or profile {chosen!r}",
-            hint="profiles: "
-            + (", ".join(sorted(self.profiles)) or "(none)")
-            + "; provider types: "
-            + ", ".join(sorted(registry.known_types())),
-        )
+        return Profile(name=chosen, type=chosen, source=IMPLIED)
 
 
 def user_config_path() -> Path:
@@ -93,7 +94,6 @@ def load_config(start: Path | None = None) -> Config:
 
 
 def _read_file(path: Path) -> tuple[str | None, dict[str, Profile]]:
-    from mlcloud import registry
     from mlcloud.yamlio import read_yaml
 
     data = read_yaml(path, what="config file", error=ConfigError)
@@ -114,14 +114,9 @@ def _read_file(path: Path) -> tuple[str | None, dict[str, Profile]]:
         if not isinstance(body, dict) or not isinstance(body.get("type"), str):
             raise ConfigError(
                 f"{path}: profile {name!r} needs a 'type'",
-                hint="one of: " + ", ".join(sorted(registry.known_types())),
+                hint="the provider type, e.g. type: local (`mlcloud providers` lists them)",
             )
         settings = {str(k): v for k, v in body.items() if k != "type"}
-        if registry.entry(body["type"]) is None:
-            raise ConfigError(
-                f"{path}: profile {name!r} has unknown type {body['type']!r}",
-                hint="one of: " + ", ".join(sorted(registry.known_types())),
-            )
         profiles[name] = Profile(name=name, type=body["type"], settings=settings, source=str(path))
     default = data.get("default")
     if default is not None and not isinstance(default, str):

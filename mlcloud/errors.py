@@ -10,7 +10,10 @@ catch these classes::
     ├── UnsupportedFeature     the provider cannot honour a requested feature (raised at plan time)
     ├── ProviderUnavailable    the provider's extra is not installed (carries the pip line)
     ├── NotFoundLocally        an id or name unknown to the local state store
-    └── ProviderError          the backend refused or failed (provider, code, retryable)
+    ├── ModelError             a model directory is missing, tampered with or unloadable
+    ├── ShadowedPackage        a user package hides mlcloud's own ``providers`` / ``serving``
+    └── ProviderError          the backend refused or failed (provider_type, profile, code,
+        │                      retryable)
         ├── AuthError          credentials missing or invalid
         ├── PermissionDenied   authenticated but not allowed
         ├── NotFound           the backend has no such resource
@@ -21,6 +24,11 @@ catch these classes::
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 
 class MlcloudError(Exception):
@@ -47,6 +55,14 @@ class NotFoundLocally(MlcloudError):
     """A job id or endpoint name that the local state store does not know."""
 
 
+class ModelError(MlcloudError):
+    """A model directory is not an mlcloud model dir, fails its manifest, or cannot load."""
+
+
+class ShadowedPackage(MlcloudError):
+    """An import name of mlcloud (``providers``, ``serving``) resolves outside mlcloud."""
+
+
 class UnsupportedFeature(MlcloudError):
     """The provider cannot honour ``feature``: raised by ``plan_*``, never silently dropped."""
 
@@ -69,8 +85,45 @@ class ProviderUnavailable(MlcloudError):
         self.install = install
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Which provider an error came from: its type and, when known, the profile's name."""
+
+    provider_type: str
+    profile: str | None = None
+
+    def __str__(self) -> str:
+        if self.profile is None or self.profile == self.provider_type:
+            return self.provider_type
+        return f"{self.provider_type} (profile {self.profile!r})"
+
+    def error(
+        self,
+        cls: type[ProviderErrorT],
+        message: str,
+        *,
+        code: str | None = None,
+        hint: str | None = None,
+        retryable: bool | None = None,
+    ) -> ProviderErrorT:
+        """``cls(message, ...)`` from this origin: how each provider's mapping builds errors."""
+        return cls(
+            message,
+            provider_type=self.provider_type,
+            profile=self.profile,
+            code=code,
+            hint=hint,
+            retryable=retryable,
+        )
+
+
 class ProviderError(MlcloudError):
-    """The backend failed or refused. ``code`` is the backend's own error code when it has one."""
+    """The backend failed or refused.
+
+    ``provider_type`` is the provider type (``"sagemaker"``), ``profile`` the profile's name when
+    known, ``code`` the backend's own error code when it has one, ``retryable`` whether repeating
+    the same idempotent call may succeed.
+    """
 
     retryable = False
 
@@ -78,16 +131,25 @@ class ProviderError(MlcloudError):
         self,
         message: str,
         *,
-        provider: str,
+        provider_type: str,
+        profile: str | None = None,
         code: str | None = None,
         hint: str | None = None,
         retryable: bool | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
-        self.provider = provider
+        self.provider_type = provider_type
+        self.profile = profile
         self.code = code
         if retryable is not None:
             self.retryable = retryable
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.provider_type, self.profile)
+
+
+ProviderErrorT = TypeVar("ProviderErrorT", bound=ProviderError)
 
 
 class AuthError(ProviderError):
@@ -110,9 +172,24 @@ class QuotaExceeded(ProviderError):
     """A quota or resource limit was hit; ``quota`` names it when the backend says which."""
 
     def __init__(
-        self, message: str, *, provider: str, quota: str | None = None, **kw: object
+        self,
+        message: str,
+        *,
+        provider_type: str,
+        profile: str | None = None,
+        quota: str | None = None,
+        code: str | None = None,
+        hint: str | None = None,
+        retryable: bool | None = None,
     ) -> None:
-        super().__init__(message, provider=provider, **kw)  # type: ignore[arg-type]
+        super().__init__(
+            message,
+            provider_type=provider_type,
+            profile=profile,
+            code=code,
+            hint=hint,
+            retryable=retryable,
+        )
         self.quota = quota
 
 
@@ -128,19 +205,47 @@ class Transient(ProviderError):
     retryable = True
 
 
+if TYPE_CHECKING:  # this module is vendored into jobs and must import on Python 3.8
+    #: A provider's one error mapping: an SDK exception -> the mlcloud error, or None.
+    Translate = Callable[[Exception, Origin], MlcloudError | None]
+
+
+@contextmanager
+def map_exceptions(translate: Translate, origin: Origin) -> Iterator[None]:
+    """Translate exceptions raised in the block (httpx's ``map_exceptions``, with a function
+    because SDK errors are told apart by their codes, not only their classes).
+
+    mlcloud's own errors pass through; an exception ``translate`` does not know (a bug, a
+    KeyboardInterrupt) is re-raised untouched, never dressed up as a provider failure.
+    """
+    try:
+        yield
+    except MlcloudError:
+        raise
+    except Exception as exc:
+        mapped = translate(exc, origin)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
 __all__ = [
     "AuthError",
     "ConfigError",
     "Conflict",
     "MlcloudError",
+    "ModelError",
     "NotFound",
     "NotFoundLocally",
+    "Origin",
     "PermissionDenied",
     "ProviderError",
     "ProviderUnavailable",
     "QuotaExceeded",
+    "ShadowedPackage",
     "SpecError",
     "Throttled",
     "Transient",
     "UnsupportedFeature",
+    "map_exceptions",
 ]

@@ -4,7 +4,8 @@ The manifest records the framework, how to load the entry artifact, an optional 
 signature/example, the job that made it, and the sha256 of every file. Loaders (in
 ``serving/``) refuse a directory whose files do not match, so a tampered artifact is never
 deserialised. The manifest is written as JSON, which is valid YAML, keeping this module
-standard-library only (cloud launchers ship it inside job archives).
+standard-library only (cloud launchers ship it inside job archives, with ``mlcloud/errors.py``).
+Every problem is a :class:`ModelDirError`, an ``mlcloud.errors.ModelError``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlcloud.errors import ModelError
+
 MANIFEST = "mlcloud-model.yaml"
 FORMAT_VERSION = 1
 FRAMEWORKS = ("sklearn", "pytorch", "onnx", "custom")
@@ -24,8 +27,9 @@ FRAMEWORKS = ("sklearn", "pytorch", "onnx", "custom")
 DTYPES = ("float32", "float64", "int32", "int64", "bool", "string")
 
 
-class ModelDirError(ValueError):
-    """A model directory is missing, malformed or does not match its manifest."""
+class ModelDirError(ModelError):
+    """A model directory is missing, malformed or does not match its manifest, or a model
+    cannot be saved as one (unknown framework, missing option, bad signature)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -89,19 +93,19 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if data.get("signature") is not None:
         try:
             check_signature(data["signature"])
-        except ValueError as e:
+        except ModelDirError as e:
             raise ModelDirError(f"{path}: {e}") from None
     return data
 
 
 def check_signature(signature: Any) -> None:
-    """Raise ValueError unless ``signature`` is ``{"inputs": {"shape": [...], "dtype": ...}}``.
+    """Raise ModelDirError unless ``signature`` is ``{"inputs": {"shape": [...], "dtype": ...}}``.
 
     ``shape`` lists the dimensions of the whole input batch, ``-1`` where any size is fine
     (normally the first, batch, dimension); ``outputs`` may be given in the same form.
     """
     if not isinstance(signature, dict) or not isinstance(signature.get("inputs"), dict):
-        raise ValueError("'signature' must be a mapping with an 'inputs' mapping")
+        raise ModelDirError("'signature' must be a mapping with an 'inputs' mapping")
     for part in ("inputs", "outputs"):
         spec = signature.get(part)
         if spec is None:
@@ -111,10 +115,10 @@ def check_signature(signature: Any) -> None:
             not isinstance(shape, list)
             or not all(isinstance(d, int) and (d == -1 or d > 0) for d in shape)
         ):
-            raise ValueError(f"signature {part}.shape must be a list of positive ints or -1")
+            raise ModelDirError(f"signature {part}.shape must be a list of positive ints or -1")
         dtype = spec.get("dtype") if isinstance(spec, dict) else None
         if dtype is not None and dtype not in DTYPES:
-            raise ValueError(f"signature {part}.dtype must be one of {', '.join(DTYPES)}")
+            raise ModelDirError(f"signature {part}.dtype must be one of {', '.join(DTYPES)}")
 
 
 def infer_signature(example: Any) -> dict[str, Any] | None:
@@ -183,7 +187,7 @@ def save(
       in it with ``predict(self, inputs)``.
     """
     if framework not in FRAMEWORKS:
-        raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+        raise ModelDirError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
     if signature is None and example is not None:
         signature = infer_signature(example)
     if signature is None and framework == "sklearn":
@@ -227,7 +231,9 @@ def _save_pytorch(obj: Any, root: Path, options: dict[str, Any]) -> dict[str, An
         return {"file": "model.pt", "format": "torchscript"}
     module_class = options.get("module_class")
     if not module_class:
-        raise ValueError("saving an nn.Module needs module_class='pkg.module:Class' (or script it)")
+        raise ModelDirError(
+            "saving an nn.Module needs module_class='pkg.module:Class' (or script it)"
+        )
     torch.save(obj.state_dict(), root / "model.pt")
     return {
         "file": "model.pt",
@@ -249,7 +255,7 @@ def _save_onnx(obj: Any, root: Path, options: dict[str, Any]) -> dict[str, Any]:
 def _save_custom(obj: Any, root: Path, options: dict[str, Any]) -> dict[str, Any]:
     predictor = options.get("predictor")
     if not predictor or ":" not in str(predictor):
-        raise ValueError("custom models need predictor='module:Class' inside the model dir")
+        raise ModelDirError("custom models need predictor='module:Class' inside the model dir")
     if obj is not None:
         shutil.copytree(Path(obj), root, dirs_exist_ok=True)
     return {"predictor": str(predictor)}

@@ -1,30 +1,52 @@
 """The provider interface: portable specs in, native requests out.
 
-Like TorchX's scheduler API, submission is split in two: ``plan_job`` turns a ``TrainingJob``
-into a :class:`Plan` holding the exact native request(s) with no side effects (this is what
-``--dry-run`` prints), and ``submit_job`` sends that plan. Endpoints follow the same pattern
-with ``plan_deploy`` / ``deploy``.
+Like TorchX's ``Scheduler``, the public methods are template methods written once here, and a
+provider fills in the underscored hooks. Submission is split in two: ``plan_job`` turns a
+``TrainingJob`` into a :class:`~mlcloud.records.Plan` holding the exact native request(s) with no
+side effects (what ``--dry-run`` prints), and ``submit_job`` sends that plan. Endpoints follow
+the same pattern with ``plan_deploy`` / ``deploy``.
 
-A feature a provider cannot honour raises ``UnsupportedFeature`` from ``plan_*`` (use
-:meth:`Provider.require`), never silently dropped. Providers are synchronous; long waits belong
-in the provider (with tenacity), not in callers.
+The rules every provider shares live here, not in each provider:
+
+* a feature the provider cannot honour raises ``UnsupportedFeature`` at plan time (``check_job``,
+  then ``require``), never silently dropped;
+* a plan made by another provider, profile or for the other kind is refused (``SpecError``);
+* cancelling a finished job returns it unchanged; a finished job's record is final;
+* reads (``job_status``, ``endpoint_status``, ``job_logs``) never start or stop anything; the one
+  state transition a controller drives is ``advance_job`` (e.g. re-submitting a failed attempt);
+* every exception from the SDK passes through the provider's one ``translate_error`` mapping
+  (``mlcloud.errors.map_exceptions``); unknown ones are re-raised untouched.
+
+Providers are synchronous; waiting belongs to ``providers.common.waiting``.
 """
 
 from __future__ import annotations
 
+import builtins
 import enum
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
-from mlcloud.errors import UnsupportedFeature
+from mlcloud.errors import MlcloudError, Origin, SpecError, UnsupportedFeature, map_exceptions
+from mlcloud.records import (
+    EndpointRecord,
+    JobRecord,
+    Plan,
+    PlanKind,
+    PlanStep,
+    SpecT,
+)
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from mlcloud.config import Profile
     from mlcloud.specs import Deployment, TrainingJob
     from mlcloud.store import Store
+
+SettingsT = TypeVar("SettingsT", bound="BaseModel")
 
 
 class Capability(enum.StrEnum):
@@ -41,204 +63,225 @@ class Capability(enum.StrEnum):
     REGISTRY = "registry"
 
 
-class JobState(enum.StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    RESTARTING = "RESTARTING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
+class Provider(ABC, Generic[SettingsT]):
+    """Base class of every backend.
 
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-class EndpointState(enum.StrEnum):
-    CREATING = "CREATING"
-    UPDATING = "UPDATING"
-    READY = "READY"
-    FAILED = "FAILED"
-    DELETED = "DELETED"
-
-
-@dataclass(frozen=True)
-class PlanStep:
-    """One native call: ``call`` is ``"<Service>.<Operation>"``, ``request`` what is sent."""
-
-    call: str
-    request: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The result of ``plan_job`` / ``plan_deploy``: printable, and all ``submit``/``deploy`` need.
-
-    ``context`` carries provider-private facts computed while planning (e.g. the staged source
-    archive's hash and path) so submitting does not recompute them; it is not printed.
+    Subclasses set ``type``, ``capabilities``, ``settings_model`` (the profile's pydantic model,
+    validated once in ``__init__``), optionally ``translate_error``, and implement the hooks.
     """
-
-    provider: str  # the profile name
-    type: str  # the provider type
-    kind: str  # "job" or "deploy"
-    id: str  # the mlcloud job id / endpoint name this plan creates
-    spec: TrainingJob | Deployment
-    steps: tuple[PlanStep, ...]
-    context: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "provider": self.provider,
-            "type": self.type,
-            "steps": [{"call": s.call, "request": _jsonable(s.request)} for s in self.steps],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-@dataclass
-class JobRecord:
-    """What the store and every provider call return about one job."""
-
-    id: str
-    name: str
-    provider: str  # profile name
-    type: str  # provider type
-    state: JobState
-    native_id: str | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    exit_code: int | None = None
-    message: str | None = None
-    attempts: int = 0
-    outputs: dict[str, str] = field(default_factory=dict)  # model_dir, output_dir, logs, ...
-    details: dict[str, Any] = field(default_factory=dict)  # provider-private (pids, ARNs, ...)
-    spec: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = str(self.state)
-        return data
-
-
-@dataclass
-class EndpointRecord:
-    name: str
-    provider: str
-    type: str
-    state: EndpointState
-    url: str | None = None
-    model: str | None = None  # model dir / URI actually served
-    model_sha256: str | None = None
-    source_job: str | None = None
-    native_id: str | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    message: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    spec: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = str(self.state)
-        return data
-
-
-class Provider(ABC):
-    """Base class of every backend. Subclasses set ``type``, ``capabilities``, ``install``."""
 
     type: ClassVar[str]
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
-    install: ClassVar[str | None] = None  # pip line shown when the extra is missing
+    settings_model: ClassVar[builtins.type[BaseModel] | None] = None
+    #: a provider's own hint for a capability it lacks (else the generic one in ``check_job``)
+    refusal_hints: ClassVar[Mapping[Capability, str]] = {}
+    #: the SDK-exception mapping (``providers/<name>/errors.py``); ``None``: nothing to map
+    translate_error: ClassVar[staticmethod[[Exception, Origin], MlcloudError | None] | None] = None
 
     def __init__(self, profile: Profile, store: Store) -> None:
+        from mlcloud.config import profile_settings
+
         self.profile = profile
         self.store = store
+        model = self.settings_model
+        # A bad profile is a ConfigError when the provider is made, before anything else.
+        self.settings = cast(SettingsT, profile_settings(model, profile) if model else None)
 
     @property
     def name(self) -> str:
         return self.profile.name
 
-    # ---- helpers for subclasses -------------------------------------------------------------
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.type, self.name)
+
     @property
     def where(self) -> str:
-        """How errors name this provider: ``"sagemaker (profile 'aws')"``."""
+        """How messages name this provider: ``"sagemaker (profile 'aws')"``."""
         return f"{self.type} (profile {self.name!r})"
 
+    # ---- helpers for subclasses -------------------------------------------------------------
     def require(self, capability: Capability, feature: str, hint: str | None = None) -> None:
         """Raise UnsupportedFeature unless this provider has ``capability``."""
         if capability not in self.capabilities:
             raise UnsupportedFeature(feature, self.where, hint)
 
     def check_job(self, job: TrainingJob) -> None:
-        """The capability checks every provider shares; call first in ``plan_job``."""
-        if job.max_nodes > 1:
-            self.require(Capability.MULTI_NODE, f"nodes={job.max_nodes}", "use nodes: 1")
-        if job.elastic:
-            self.require(Capability.ELASTIC, "elastic nodes {min, max}", "use a fixed nodes count")
-        if job.spot:
-            self.require(Capability.SPOT, "spot: true", "set spot: false")
-        if job.resources.accelerator_count:
-            self.require(Capability.GPU, "accelerators", "remove resources.accelerators")
-        if job.max_restarts:
-            self.require(Capability.RESTARTS, "max_restarts", "set max_restarts: 0")
+        """The capability checks every provider shares, run by ``plan_job`` before planning.
+        A provider words its own hint through ``refusal_hints``."""
+        wanted = (
+            (job.max_nodes > 1, Capability.MULTI_NODE, f"nodes={job.max_nodes}", "use nodes: 1"),
+            (
+                job.elastic,
+                Capability.ELASTIC,
+                f"elastic nodes {{min: {job.min_nodes}, max: {job.max_nodes}}}",
+                f"use a fixed count, e.g. nodes: {job.max_nodes}",
+            ),
+            (job.spot, Capability.SPOT, "spot: true", "set spot: false"),
+            (
+                bool(job.resources.accelerator_count),
+                Capability.GPU,
+                "accelerators",
+                "remove resources.accelerators",
+            ),
+            (bool(job.max_restarts), Capability.RESTARTS, "max_restarts", "set max_restarts: 0"),
+        )
+        for asked, capability, feature, hint in wanted:
+            if asked:
+                self.require(capability, feature, self.refusal_hints.get(capability, hint))
 
-    # ---- jobs ------------------------------------------------------------------------------
-    @abstractmethod
-    def plan_job(self, job: TrainingJob) -> Plan:
+    def make_plan(
+        self,
+        kind: PlanKind,
+        plan_id: str,
+        spec: SpecT,
+        steps: tuple[PlanStep, ...] | list[PlanStep],
+        context: object = None,
+        volatile: tuple[str, ...] = (),
+    ) -> Plan[SpecT]:
+        """The one way a provider builds a Plan: owned by this profile and type."""
+        return Plan(
+            provider=self.name,
+            type=self.type,
+            kind=kind,
+            id=plan_id,
+            spec=spec,
+            steps=tuple(steps),
+            context=context,
+            volatile=volatile,
+        )
+
+    def mapped(self) -> AbstractContextManager[None]:
+        """Translate SDK exceptions raised inside the block with this provider's mapping."""
+        translate = type(self).translate_error
+        if translate is None:
+            return nullcontext()
+        return map_exceptions(translate, self.origin)
+
+    def _mapped_iter(self, lines: Iterator[str]) -> Iterator[str]:
+        with self.mapped():
+            yield from lines
+
+    def _own(self, plan: Plan[Any], kind: PlanKind) -> None:
+        if (plan.type, plan.provider, plan.kind) != (self.type, self.name, kind):
+            raise SpecError(
+                f"plan {plan.id} is a {plan.kind} plan made by {plan.type} "
+                f"(profile {plan.provider!r}); this is a {kind} on {self.where}",
+                hint="plan it again with this provider",
+            )
+
+    # ---- jobs: the template ------------------------------------------------------------------
+    def plan_job(self, job: TrainingJob) -> Plan[TrainingJob]:
         """Pure: the exact native request(s) for ``job``. No network writes, no store writes."""
+        self.check_job(job)
+        with self.mapped():
+            return self._plan_job(job)
 
-    @abstractmethod
-    def submit_job(self, plan: Plan) -> JobRecord:
+    def submit_job(self, plan: Plan[TrainingJob]) -> JobRecord:
         """Send a plan made by this provider; records the job in the store and returns it."""
+        self._own(plan, "job")
+        with self.mapped():
+            return self._submit_job(plan)
 
-    @abstractmethod
     def job_status(self, job_id: str) -> JobRecord:
-        """Refresh and return the job (and update the store)."""
+        """Refresh and return the job (and update the store). A finished job is final."""
+        record = self.store.get_job(job_id)
+        if record.state.terminal:
+            return record
+        with self.mapped():
+            return self._job_status(record)
 
-    @abstractmethod
     def job_logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
-        """Yield log lines; with ``follow`` keep yielding until the job ends."""
+        """Log lines; with ``follow`` keep yielding until the job ends. An unknown job fails
+        here, before the first line is asked for."""
+        record = self.store.get_job(job_id)
+        return self._mapped_iter(self._job_logs(record, follow))
 
-    @abstractmethod
     def cancel_job(self, job_id: str) -> JobRecord:
         """Stop the job. Idempotent: cancelling a finished job returns it unchanged."""
+        record = self.job_status(job_id)
+        if record.state.terminal:
+            return record
+        with self.mapped():
+            return self._cancel_job(record)
+
+    def advance_job(self, job_id: str) -> JobRecord:
+        """Refresh, then take the transition the job is due (e.g. re-submit a failed attempt
+        when ``max_restarts`` allows). Waiting loops and the server's controller call this;
+        ``job_status`` never does, so a read has no side effects."""
+        record = self.job_status(job_id)
+        if record.state.terminal:
+            return record
+        with self.mapped():
+            return self._advance_job(record)
 
     def list_jobs(self) -> list[JobRecord]:
         return self.store.list_jobs(provider=self.name)
 
-    # ---- endpoints (providers without them keep these defaults) --------------------------
-    def plan_deploy(self, deployment: Deployment) -> Plan:
-        self.require(Capability.ENDPOINTS, "endpoints")
-        raise NotImplementedError
+    @abstractmethod
+    def _plan_job(self, job: TrainingJob) -> Plan[TrainingJob]: ...
 
-    def deploy(self, plan: Plan) -> EndpointRecord:
+    @abstractmethod
+    def _submit_job(self, plan: Plan[TrainingJob]) -> JobRecord: ...
+
+    @abstractmethod
+    def _job_status(self, record: JobRecord) -> JobRecord:
+        """Refresh a job that is not finished yet."""
+
+    @abstractmethod
+    def _job_logs(self, record: JobRecord, follow: bool) -> Iterator[str]: ...
+
+    @abstractmethod
+    def _cancel_job(self, record: JobRecord) -> JobRecord:
+        """Cancel a job that is not finished yet."""
+
+    def _advance_job(self, record: JobRecord) -> JobRecord:
+        return record  # backends that restart attempts themselves have nothing to do
+
+    # ---- endpoints: the template (providers without them keep the defaults) -----------------
+    def plan_deploy(self, deployment: Deployment) -> Plan[Deployment]:
+        """Pure: the exact native request(s) to create or update the endpoint."""
         self.require(Capability.ENDPOINTS, "endpoints")
-        raise NotImplementedError
+        with self.mapped():
+            return self._plan_deploy(deployment)
+
+    def deploy(self, plan: Plan[Deployment]) -> EndpointRecord:
+        """Create or update the endpoint (idempotent by name); waits until it serves."""
+        self.require(Capability.ENDPOINTS, "endpoints")
+        self._own(plan, "deploy")
+        with self.mapped():
+            return self._deploy(plan)
 
     def endpoint_status(self, name: str) -> EndpointRecord:
         self.require(Capability.ENDPOINTS, "endpoints")
-        raise NotImplementedError
+        with self.mapped():
+            return self._endpoint_status(name)
 
     def predict(self, name: str, payload: Any) -> Any:
         self.require(Capability.ENDPOINTS, "endpoints")
-        raise NotImplementedError
+        with self.mapped():
+            return self._predict(name, payload)
 
     def undeploy(self, name: str) -> EndpointRecord | None:
+        """Remove the endpoint; ``None`` when there was nothing to remove."""
         self.require(Capability.ENDPOINTS, "endpoints")
-        raise NotImplementedError
+        with self.mapped():
+            return self._undeploy(name)
 
     def list_endpoints(self) -> list[EndpointRecord]:
         return self.store.list_endpoints(provider=self.name)
 
+    def _plan_deploy(self, deployment: Deployment) -> Plan[Deployment]:
+        raise NotImplementedError
 
-def new_job_id(name: str) -> str:
-    """A short, unique, human-typable job id: ``<name>-<6 hex>``."""
-    import secrets
+    def _deploy(self, plan: Plan[Deployment]) -> EndpointRecord:
+        raise NotImplementedError
 
-    return f"{name}-{secrets.token_hex(3)}"
+    def _endpoint_status(self, name: str) -> EndpointRecord:
+        raise NotImplementedError
+
+    def _predict(self, name: str, payload: Any) -> Any:
+        raise NotImplementedError
+
+    def _undeploy(self, name: str) -> EndpointRecord | None:
+        raise NotImplementedError

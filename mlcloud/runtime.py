@@ -19,7 +19,8 @@ plus ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` 
 when the job is distributed.
 
 This module is standard-library only (torch and model libraries are imported on use): cloud
-launchers ship it inside the job's code archive, so it works in images without mlcloud installed.
+launchers ship it inside the job's code archive, with ``modeldir.py`` and ``errors.py``, so it
+works in images without mlcloud installed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mlcloud.errors import ConfigError
+
+if TYPE_CHECKING:
+    import datetime
+
+    from torch._C._distributed_c10d import TCPStore
 
 ENV_JOB_ID = "MLCLOUD_JOB_ID"
 ENV_PROVIDER_TYPE = "MLCLOUD_PROVIDER_TYPE"
@@ -98,9 +106,12 @@ def hparams() -> dict[str, Any]:
     raw = os.environ.get(ENV_HPARAMS)
     if not raw:
         return {}
-    value = json.loads(raw)
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise ConfigError(f"{ENV_HPARAMS} is not valid JSON: {e}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{ENV_HPARAMS} must hold a JSON object")
+        raise ConfigError(f"{ENV_HPARAMS} must hold a JSON object")
     return value
 
 
@@ -149,6 +160,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tu
     import torch
     import torch.distributed as dist
 
+    # torch.distributed re-exports these without declaring it; import them from their home.
+    from torch._C._distributed_c10d import PrefixStore, Store, TCPStore
+
     size = world_size()
     if size <= 1 or dist.is_initialized():
         return rank(), size
@@ -159,14 +173,16 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tu
     timeout = datetime.timedelta(seconds=timeout_s)
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    base: Store
     if not agent_store and rank() == 0:
         base = _store_server(addr, port, size, timeout)
     else:
-        base = dist.TCPStore(addr, port, size, is_master=False, timeout=timeout)  # type: ignore[attr-defined]
+        base = TCPStore(addr, port, size, is_master=False, timeout=timeout)
     nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    store: Store
     if agent_store and nodes == 1:
         # One agent: its restart count is every worker's generation.
-        store = dist.PrefixStore(f"mlcloud/gen{restart_count()}", base)  # type: ignore[attr-defined]
+        store = PrefixStore(f"mlcloud/gen{restart_count()}", base)
     else:
         # Agents on several nodes count restarts differently (a healthy node's agent restarts
         # for a membership change without counting it), so the count is no shared generation.
@@ -176,7 +192,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tu
     return rank(), size
 
 
-def _store_server(addr: str, port: int, size: int, timeout: Any) -> Any:
+def _store_server(addr: str, port: int, size: int, timeout: datetime.timedelta) -> TCPStore:
     """Rank 0's TCPStore, listening on MASTER_ADDR only (torch's own binds every interface).
 
     TCPStore has no bind address, but adopts a listening socket (``master_listen_fd``) when
@@ -184,15 +200,15 @@ def _store_server(addr: str, port: int, size: int, timeout: Any) -> Any:
     """
     import socket
 
-    import torch.distributed as dist
+    from torch._C._distributed_c10d import TCPStore
 
     try:
         sock = socket.create_server((addr, port), reuse_port=False)
     except OSError:
-        return dist.TCPStore(addr, port, size, is_master=True, timeout=timeout)  # type: ignore[attr-defined]
+        return TCPStore(addr, port, size, is_master=True, timeout=timeout)
     # detach(): the store's daemon owns the fd from now on; if Python closed it at exit while
     # the daemon still polls it, the daemon aborts the process (exit -6 → a torchrun restart).
-    return dist.TCPStore(  # type: ignore[attr-defined]
+    return TCPStore(
         addr,
         port,
         size,

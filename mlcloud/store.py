@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcloud.errors import NotFoundLocally
-from mlcloud.provider import EndpointRecord, EndpointState, JobRecord, JobState
+from mlcloud.records import EndpointRecord, EndpointState, JobRecord, JobState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

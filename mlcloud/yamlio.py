@@ -1,4 +1,9 @@
-"""YAML reading with errors that point at the file and line, and ``--set key=value`` overrides."""
+"""YAML reading with errors that point at the file and line, and ``--set key=value`` overrides.
+
+User files are untrusted input: they are read bounded in size (``MAX_BYTES``, so ``/dev/zero``
+is refused before memory fills) and YAML aliases are refused (a "billion laughs" alias bomb
+expands a few hundred bytes into gigabytes; no mlcloud file needs them).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,57 @@ from typing import Any
 
 from mlcloud.errors import ConfigError, MlcloudError, SpecError
 
+MAX_BYTES = 1 << 20  # 1 MiB: a job spec or config is a few KB; data goes in inputs, not YAML
+
+
+class AliasRefused(ValueError):
+    """A YAML alias (``*name``) in a user file."""
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses aliases (each would be expanded in place)."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.get_mark()
+                raise AliasRefused(
+                    f"YAML aliases (*name) are not allowed (near line {mark.line + 1}, "
+                    f"column {mark.column + 1}): write the value out"
+                )
+            return super().compose_node(parent, index)
+
+    loader = NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_text_bounded(path: Path, limit: int = MAX_BYTES) -> str:
+    """The file's text, refusing more than ``limit`` bytes before reading them all (a device
+    such as /dev/zero reports size 0, so the read itself is bounded)."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit // 1024} KiB")
+    return data.decode("utf-8")
+
 
 def read_yaml(path: Path, *, what: str, error: type[MlcloudError] = SpecError) -> Any:
     import yaml
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_bounded(path)
     except FileNotFoundError:
         raise error(f"{what} not found: {path}", hint="check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise error(f"cannot read {what} {path}: {e}") from None
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
+    except AliasRefused as e:
+        raise error(f"{what} {path}: {e}", hint="repeat the value instead of *alias") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -34,7 +78,9 @@ def parse_scalar(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return safe_load(text) if text.strip() else ""
+    except AliasRefused as e:
+        raise SpecError(f"--set value {text[:40]!r}: {e}") from None
     except yaml.YAMLError:
         return text
 
@@ -61,4 +107,11 @@ def apply_overrides(data: Any, overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ConfigError", "apply_overrides", "parse_scalar", "read_yaml"]
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "parse_scalar",
+    "read_text_bounded",
+    "read_yaml",
+    "safe_load",
+]

@@ -2,8 +2,8 @@
 
 One image serves every cloud; what differs is the port, the routes the platform probes and
 posts to, and where it puts the model. All contracts take and answer the same payloads:
-``{"instances": [...]}`` -> ``{"predictions": [...]}``. Standard-library only (the container
-entrypoint resolves the contract before BentoML is imported).
+``{"instances": [...]}`` -> ``{"predictions": [...]}``. Standard-library only, with
+``mlcloud.errors`` (the container entrypoint resolves the contract before BentoML is imported).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mlcloud.errors import ConfigError
 
 ENV_CONTRACT = "MLCLOUD_SERVING_CONTRACT"
 ENV_MODEL = "MLCLOUD_SERVE_MODEL"
@@ -23,7 +25,7 @@ GCS_FUSE_ROOT = "/gcs"
 BUNDLED_MODEL = "mlcloud_model"  # a model dir baked into the image, next to serving/
 
 
-class ContractError(ValueError):
+class ContractError(ConfigError):
     """The serving environment is incomplete or contradictory."""
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from mlcloud.errors import MlcloudError
 from serving.contracts import resolve
 
 DEFAULT_PORT = 3000
@@ -31,7 +32,10 @@ def main(argv: list[str]) -> None:
     args = [a for a in argv if a != "serve"]
     if args:
         sys.exit(f"usage: python -m serving.entrypoint [serve] (got {' '.join(args)})")
-    cmd = command(os.environ)
+    try:
+        cmd = command(os.environ)
+    except MlcloudError as e:  # a bad environment: one line in the platform's log
+        sys.exit(f"mlcloud serving: error: {e}" + (f" (hint: {e.hint})" if e.hint else ""))
     print("mlcloud serving: " + " ".join(cmd), flush=True)
     os.execvp(cmd[0], cmd)  # noqa: S606 - fixed argv, the container becomes the server
 

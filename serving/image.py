@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlcloud import modeldir
+from mlcloud.errors import MlcloudError, SpecError
 from serving.contracts import BUNDLED_MODEL
 
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}(:[A-Za-z0-9_.-]{1,128})?$")
@@ -44,7 +45,7 @@ ENTRYPOINT ["python", "-m", "serving.entrypoint"]
 """
 
 
-class ImageBuildError(RuntimeError):
+class ImageBuildError(MlcloudError):
     """``bentoml build`` or the container build failed; the message carries its output."""
 
 
@@ -146,26 +147,66 @@ def build_image(
     """Build the Bento ``tag`` (``name[:version]``) serving ``model_dir`` (None: any model).
 
     The version defaults to the first 12 hex digits of the model digest, so rebuilding the same
-    model gives the same tag. Raises ModelDirError for a bad model dir, ImageBuildError when a
-    build step fails.
+    model gives the same tag. Raises SpecError for a bad tag, ModelDirError (a ModelError) for
+    a bad model dir, ImageBuildError when a build step fails: all checked before building.
     """
-    if not _TAG.match(tag):
-        raise ValueError(
-            f"image tag {tag!r} must be name[:version], name lowercase letters, digits, '-_.'"
-        )
+    name, version = _check_tag(tag)
     framework = digest = None
     if model_dir is not None:
         model_dir = Path(model_dir).resolve()
         framework = modeldir.verify(model_dir)["framework"]
         digest = modeldir.digest(model_dir)
-    name, _, version = tag.partition(":")
-    if version == "latest":  # BentoML keeps a pointer file by that name next to the versions
-        raise ValueError("image tag version 'latest' is reserved by BentoML; omit the version")
     version = version or (digest[:12] if digest else "")
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
     env.pop("MLCLOUD_SERVE_MODEL", None)  # the build must not pick up a model to serve
     if bentoml_home is not None:
         env["BENTOML_HOME"] = str(bentoml_home)
+    bento_tag = _build_bento(model_dir, name, version, framework, digest, env, timeout)
+    image = f"{name}:{bento_tag.partition(':')[2]}"
+    elsewhere = (
+        f"bentoml export {bento_tag} {name}.bento",
+        f"bentoml import {name}.bento && bentoml containerize {bento_tag} -t {image}",
+    )
+    if not containerize:
+        return ImageResult(bento_tag, None, None, f"built Bento {bento_tag}", elsewhere)
+    engine, why = container_engine()
+    if engine is None:
+        summary = (
+            f"built Bento {bento_tag}; no container image: {why}. "
+            "Build the image on a machine with a container engine:"
+        )
+        return ImageResult(bento_tag, None, None, summary, elsewhere)
+    argv = [sys.executable, "-m", "bentoml", "containerize", bento_tag, "-t", image]
+    _run([*argv, "--backend", engine], env, timeout)
+    return ImageResult(bento_tag, image, engine, f"built Bento {bento_tag} and image {image}", ())
+
+
+def _check_tag(tag: str) -> tuple[str, str]:
+    """``(name, version)`` of a valid ``name[:version]`` tag; SpecError with a hint otherwise."""
+    if not _TAG.match(tag):
+        raise SpecError(
+            f"image tag {tag!r} must be name[:version], name lowercase letters, digits, '-_.'",
+            hint="e.g. --tag mlcloud-iris or --tag mlcloud-iris:v1",
+        )
+    name, _, version = tag.partition(":")
+    if version == "latest":  # BentoML keeps a pointer file by that name next to the versions
+        raise SpecError(
+            "image tag version 'latest' is reserved by BentoML; omit the version",
+            hint=f"--tag {name} (versioned by the model's digest) or --tag {name}:v1",
+        )
+    return name, version
+
+
+def _build_bento(
+    model_dir: Path | None,
+    name: str,
+    version: str,
+    framework: str | None,
+    digest: str | None,
+    env: dict[str, str],
+    timeout: float,
+) -> str:
+    """``bentoml build`` in a staged context; returns the Bento's tag."""
     with tempfile.TemporaryDirectory(prefix="mlcloud-bento-") as tmp:
         ctx = Path(tmp)
         _stage(ctx, model_dir)
@@ -184,24 +225,4 @@ def build_image(
         argv += ["--output", "tag", *(["--version", version] if version else [])]
         out = _run(argv, env, timeout, cwd=ctx)  # BentoML reads files only under the cwd
     found = re.search(r"__tag__:(\S+)", out)
-    bento_tag = found.group(1) if found else out.strip().splitlines()[-1]
-    image = f"{name}:{bento_tag.partition(':')[2]}"
-    elsewhere = (
-        f"bentoml export {bento_tag} {name}.bento",
-        f"bentoml import {name}.bento && bentoml containerize {bento_tag} -t {image}",
-    )
-    if not containerize:
-        return ImageResult(bento_tag, None, None, f"built Bento {bento_tag}", elsewhere)
-    engine, why = container_engine()
-    if engine is None:
-        return ImageResult(
-            bento_tag,
-            None,
-            None,
-            f"built Bento {bento_tag}; no container image: {why}. "
-            "Build the image on a machine with a container engine:",
-            elsewhere,
-        )
-    argv = [sys.executable, "-m", "bentoml", "containerize", bento_tag, "-t", image]
-    _run([*argv, "--backend", engine], env, timeout)
-    return ImageResult(bento_tag, image, engine, f"built Bento {bento_tag} and image {image}", ())
+    return found.group(1) if found else out.strip().splitlines()[-1]

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from mlcloud.errors import MlcloudError
+
 # numpy kinds a JSON value may arrive as, per signature dtype: no silent str -> float casts.
 _ACCEPTED_KINDS = {
     "float32": "iuf",
@@ -25,8 +27,9 @@ _ACCEPTED_KINDS = {
 _NUMPY_DTYPES = {"string": "str"}
 
 
-class InputError(ValueError):
-    """The request payload is not something this model accepts (a client error)."""
+class InputError(MlcloudError):
+    """The request payload is not something this model accepts (a client error; ``status``
+    is the HTTP status the server answers with)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)

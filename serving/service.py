@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import AfterValidator
 
 from mlcloud import modeldir
+from mlcloud.errors import ConfigError
 from serving import bentoml_fixes
 from serving.app import State, build_app
 from serving.batching import MicroBatcher
@@ -43,9 +44,9 @@ def _int_env(name: str, default: int) -> int:
     try:
         value = int(raw) if raw else default
     except ValueError:
-        raise ValueError(f"{name}={raw!r} must be a whole number") from None
+        raise ConfigError(f"{name}={raw!r} must be a whole number") from None
     if value < 1:
-        raise ValueError(f"{name}={raw!r} must be at least 1")
+        raise ConfigError(f"{name}={raw!r} must be at least 1")
     return value
 
 

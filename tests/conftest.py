@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The shared conformance suite's asserts show their diffs like any test module's.
+pytest.register_assert_rewrite("tests.conformance")
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -1,9 +1,14 @@
-"""Submit, refresh, re-submit and cancel Azure ML command jobs through ``MLClient.jobs``.
+"""Submit, refresh, advance and cancel Azure ML command jobs through ``MLClient.jobs``.
 
-Azure ML command jobs have no retry setting, so mlcloud keeps the attempt loop: when a status
-refresh finds attempt n failed and ``max_restarts`` allows, attempt n+1 is submitted under its
-own native name with the same code asset (no re-upload) and the same checkpoint / output
-folders (keyed by the mlcloud job id), and the store records the attempt history and an event.
+Azure ML command jobs have no retry setting, so mlcloud keeps the attempt loop, in two halves:
+
+* a refresh (``job_status``, a read) that finds attempt n failed while ``max_restarts`` allows
+  another only RECORDS it: state ``RESTARTING``, ``details["resubmit_due"]`` and an event;
+* ``advance_job`` (the explicit transition a waiting loop or controller calls) submits attempt
+  n+1 under its own native name with the same code asset (no re-upload) and the same
+  checkpoint / output folders (keyed by the mlcloud job id), and records the attempt history.
+
+So reading a job's status never creates anything at the far end.
 """
 
 from __future__ import annotations
@@ -13,19 +18,19 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from mlcloud.errors import Conflict, NotFound, ProviderError
-from mlcloud.provider import JobRecord, JobState
+from mlcloud.records import JobRecord, JobState
 from mlcloud.specs import TrainingJob
-from providers.azureml import plan as planning
-from providers.azureml.errors import mapped
+from providers.azureml import job_plan
+from providers.azureml.clients import sdk_output_to_stderr
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import Job
 
-    from mlcloud.provider import Plan
-    from providers.azureml import AzureMLProvider
+    from mlcloud.records import Plan
+    from providers.azureml.provider import AzureMLProvider
 
 # azure.ai.ml.constants.JobStatus values -> mlcloud states
 STATES = {
@@ -44,7 +49,18 @@ STATES = {
     "NotResponding": JobState.FAILED,
     "Canceled": JobState.CANCELLED,
 }
+RESUBMIT_DUE = "resubmit_due"  # details key: the last attempt failed and another one is allowed
 _EXIT = re.compile(r"exit(?:ed)? with (?:status |exit )?code:? ?(-?\d+)", re.I)
+
+
+class Attempt(TypedDict, total=False):
+    """One entry of ``details["attempts"]``."""
+
+    attempt: int
+    native_id: str
+    status: str
+    message: str | None
+    exit_code: int | None
 
 
 def status_text(status: object) -> str:
@@ -56,6 +72,16 @@ def state_of(status: object) -> JobState:
     return STATES.get(status_text(status), JobState.PENDING)
 
 
+def attempts(record: JobRecord) -> list[Attempt]:
+    """The record's attempt history (a copy)."""
+    return [cast(Attempt, dict(a)) for a in record.details.get("attempts", [])]
+
+
+def _attempt(number: int, created: Job) -> Attempt:
+    return Attempt(attempt=number, native_id=str(created.name), status=status_text(created.status))
+
+
+# ---- submit ----------------------------------------------------------------------------------
 def _create(
     provider: AzureMLProvider, job: TrainingJob, job_id: str, attempt: int, code: str | None
 ) -> Job:
@@ -68,19 +94,18 @@ def _create(
             staging = Path(tempfile.mkdtemp(prefix="mlcloud-azureml-"))
             code = str(staging / job.name)
             write_source_dir(Path(job.source), Path(code))
-        entity = planning.build_command(provider, job, job_id, attempt, code)
-        with mapped():
-            created: Job = provider.client.jobs.create_or_update(entity)
+        entity = job_plan.build_command(provider, job, job_id, attempt, code)
+        with sdk_output_to_stderr():
+            created: Job = provider.clients.ml.jobs.create_or_update(entity)
         return created
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def submit_job(provider: AzureMLProvider, plan: Plan) -> JobRecord:
-    if plan.type != provider.type or plan.kind != "job" or not isinstance(plan.spec, TrainingJob):
-        raise ValueError(f"not an azureml job plan: {plan.type}/{plan.kind}")
+def submit(provider: AzureMLProvider, plan: Plan[TrainingJob]) -> JobRecord:
     job = plan.spec
+    context: job_plan.JobContext = plan.context_as(job_plan.JobContext)
     created = _create(provider, job, plan.id, attempt=1, code=None)
     now = time.time()
     record = JobRecord(
@@ -93,57 +118,59 @@ def submit_job(provider: AzureMLProvider, plan: Plan) -> JobRecord:
         created_at=now,
         updated_at=now,
         attempts=1,
-        outputs={
-            "model_dir": str(plan.context.get("model_dir", "")),
-            "studio_url": str(created.studio_url or ""),
-        },
+        outputs={"model_dir": context.model_dir, "studio_url": str(created.studio_url or "")},
         details={
             "code_id": str(getattr(created, "code", "")),  # the uploaded code asset's id
-            "attempts": [
-                {"attempt": 1, "native_id": created.name, "status": status_text(created.status)}
-            ],
+            "attempts": [_attempt(1, created)],
         },
         spec=job.model_dump(mode="json"),
     )
     return provider.store.add_job(record)
 
 
+# ---- status: a read ----------------------------------------------------------------------------
 def _failure(provider: AzureMLProvider, native_id: str) -> tuple[str | None, int | None]:
     """The run's error message and the user process's exit code, from run history."""
     try:
-        with mapped():
-            # No public azure-ai-ml call returns a run's error; jobs.stream prints it from here.
-            details = provider.client.jobs._runs_operations.get_run_details(native_id)
+        with provider.mapped():
+            message = provider.clients.run_details(native_id).error
     except ProviderError:
         return None, None
-    error = getattr(getattr(details, "error", None), "error", None)
-    message = getattr(error, "message", None)
     match = _EXIT.search(message or "")
     return message, int(match.group(1)) if match else None
 
 
-def job_status(provider: AzureMLProvider, job_id: str) -> JobRecord:
-    record = provider.store.get_job(job_id)
-    if record.state.terminal or record.native_id is None:
+def status(provider: AzureMLProvider, record: JobRecord) -> JobRecord:
+    """Refresh from the service. A failed attempt with restarts left is recorded as due for
+    re-submission (``advance``), never re-submitted here."""
+    if record.native_id is None:
         return record
-    with mapped():
-        native = provider.client.jobs.get(record.native_id)
+    native = provider.clients.ml.jobs.get(record.native_id)
     state = state_of(native.status)
-    history: list[dict[str, Any]] = list(record.details.get("attempts", []))
+    history = attempts(record)
     if history and history[-1].get("native_id") == native.name:
         history[-1]["status"] = status_text(native.status)
-    if state is not JobState.FAILED:
-        if state is record.state:
-            return provider.store.update_job(job_id, merge_details={"attempts": history})
-        return provider.store.update_job(job_id, state=state, merge_details={"attempts": history})
-    message, exit_code = _failure(provider, native.name)
+    if state is not JobState.FAILED or record.details.get(RESUBMIT_DUE):
+        changed = state if state is not JobState.FAILED else None  # a due job stays RESTARTING
+        return provider.store.update_job(
+            record.id, state=changed, merge_details={"attempts": history}
+        )
+    message, exit_code = _failure(provider, str(native.name))
     if history:
-        history[-1].update({"message": message, "exit_code": exit_code})
+        history[-1]["message"] = message
+        history[-1]["exit_code"] = exit_code
     job = TrainingJob.model_validate(record.spec)
     if record.attempts <= job.max_restarts:
-        return _resubmit(provider, record, job, history, message)
+        return provider.store.update_job(
+            record.id,
+            state=JobState.RESTARTING,
+            message=message,
+            merge_details={"attempts": history, RESUBMIT_DUE: True},
+            event=f"attempt {record.attempts} ({native.name}) failed; attempt "
+            f"{record.attempts + 1} of {job.max_restarts + 1} is due",
+        )
     return provider.store.update_job(
-        job_id,
+        record.id,
         state=JobState.FAILED,
         exit_code=exit_code,
         message=message or f"Azure ML job {native.name} failed",
@@ -152,45 +179,55 @@ def job_status(provider: AzureMLProvider, job_id: str) -> JobRecord:
     )
 
 
-def _resubmit(
-    provider: AzureMLProvider,
-    record: JobRecord,
-    job: TrainingJob,
-    history: list[dict[str, Any]],
-    message: str | None,
-) -> JobRecord:
+# ---- advance: the one transition -------------------------------------------------------------
+def advance(provider: AzureMLProvider, record: JobRecord) -> JobRecord:
+    """Submit the attempt a refresh recorded as due; nothing to do otherwise.
+
+    Idempotent: when the attempt already exists at the far end (another caller advanced the
+    job, or the store update after the PUT was lost) it is adopted, not submitted twice.
+    """
+    if not record.details.get(RESUBMIT_DUE):
+        return record
+    job = TrainingJob.model_validate(record.spec)
     attempt = record.attempts + 1
     code = record.details.get("code_id") or None  # the uploaded code asset: no re-upload
-    created = _create(provider, job, record.id, attempt, code)
-    history.append(
-        {"attempt": attempt, "native_id": created.name, "status": status_text(created.status)}
-    )
+    try:
+        with provider.mapped():
+            created = _create(provider, job, record.id, attempt, code)
+    except Conflict:
+        created = provider.clients.ml.jobs.get(job_plan.native_name(record.id, attempt))
+    history = [*attempts(record), _attempt(attempt, created)]
     return provider.store.update_job(
         record.id,
         state=JobState.RESTARTING,
         native_id=created.name,
         attempts=attempt,
-        message=message,
-        merge_details={"attempts": history},
-        event=f"attempt {attempt - 1} ({record.native_id}) failed; re-submitted as "
+        merge_details={"attempts": history, RESUBMIT_DUE: False},
+        event=f"attempt {record.attempts} ({record.native_id}) failed; re-submitted as "
         f"attempt {attempt} of {job.max_restarts + 1} ({created.name})",
     )
 
 
-def cancel_job(provider: AzureMLProvider, job_id: str) -> JobRecord:
-    record = provider.store.get_job(job_id)
-    if record.state.terminal or record.native_id is None:
-        return record  # idempotent: a finished job keeps its state
+# ---- cancel ----------------------------------------------------------------------------------
+def cancel(provider: AzureMLProvider, record: JobRecord) -> JobRecord:
+    """Cancel the running attempt. A job whose last attempt failed (a re-submission due
+    included) stays failed: nothing is re-submitted."""
+    if record.native_id is None:
+        return record
+    ml = provider.clients.ml
     try:
-        with mapped():
-            provider.client.jobs.begin_cancel(record.native_id).result()
+        with provider.mapped(), sdk_output_to_stderr():
+            ml.jobs.begin_cancel(record.native_id).result()
     except (NotFound, Conflict):
         pass  # gone, or already finished: the status below says which
-    with mapped():
-        status = provider.client.jobs.get(record.native_id).status
-    # Never re-submit here: a job that failed just before the cancel stays failed.
-    state = state_of(status)
+    state = state_of(ml.jobs.get(record.native_id).status)
     final = state if state.terminal else JobState.CANCELLED
+    history = attempts(record)
+    exit_code = history[-1].get("exit_code") if history and final is JobState.FAILED else None
     return provider.store.update_job(
-        job_id, state=final, event="cancelled by user" if final is JobState.CANCELLED else None
+        record.id,
+        state=final,
+        exit_code=exit_code,
+        merge_details={RESUBMIT_DUE: False} if record.details.get(RESUBMIT_DUE) else None,
+        event="cancelled by user" if final is JobState.CANCELLED else None,
     )

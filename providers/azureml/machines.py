@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlcloud.errors import UnsupportedFeature
 
 if TYPE_CHECKING:
     from mlcloud.specs import Resources
+    from providers.common.catalog import InstanceType
 
 CATALOG = Path(__file__).with_name("catalog.csv")
 GPU_TYPES = ("T4", "V100", "A10", "A100", "A100-80GB", "H100")
 
 
 @functools.cache
-def catalog() -> list[Any]:
+def catalog() -> list[InstanceType]:
     from providers.common.catalog import load_catalog
 
     return load_catalog(CATALOG)

@@ -7,6 +7,7 @@ standard-library only. It applies the same checks as :func:`staging.safe_extract
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypedDict, Unpack
 
 # argv: <archive file, or a directory holding exactly one *.tar.gz> <launcher args...>
 BOOTSTRAP_SRC = """\
@@ -36,34 +37,49 @@ os.execv(sys.executable,[sys.executable,'_mlcloud/launcher.py']+sys.argv[2:])
 """
 
 
+class LauncherOptions(TypedDict, total=False):
+    """The launcher's optional flags (``launcher.py --help``)."""
+
+    nproc_per_node: int
+    distributed: bool
+    master_port: int | None
+    inputs: Mapping[str, str] | None
+    outputs: Mapping[str, str] | None
+
+
 def launcher_args(
-    *,
-    platform: str,
-    command: list[str],
-    nproc_per_node: int = 1,
-    distributed: bool = False,
-    master_port: int | None = None,
-    inputs: Mapping[str, str] | None = None,
-    outputs: Mapping[str, str] | None = None,
+    *, platform: str, command: list[str], **options: Unpack[LauncherOptions]
 ) -> list[str]:
     """The launcher's own flags, ``--`` and the user command."""
     args = ["--platform", platform]
+    nproc_per_node = options.get("nproc_per_node", 1)
     if nproc_per_node != 1:
         args += ["--nproc-per-node", str(nproc_per_node)]
-    if distributed:
+    if options.get("distributed"):
         args.append("--distributed")
+    master_port = options.get("master_port")
     if master_port is not None:
         args += ["--master-port", str(master_port)]
-    for name, path in sorted((inputs or {}).items()):
+    for name, path in sorted((options.get("inputs") or {}).items()):
         args += ["--input", f"{name}={path}"]
-    for name, path in sorted((outputs or {}).items()):
+    for name, path in sorted((options.get("outputs") or {}).items()):
         args += ["--output", f"{name}={path}"]
     return [*args, "--", *command]
 
 
-def launcher_argv(*, python: str = "python3", **kwargs: object) -> list[str]:
+def launcher_argv(
+    *,
+    platform: str,
+    command: list[str],
+    python: str = "python3",
+    **options: Unpack[LauncherOptions],
+) -> list[str]:
     """The command for code already unpacked in the working dir (Azure ML uploads a directory)."""
-    return [python, "_mlcloud/launcher.py", *launcher_args(**kwargs)]  # type: ignore[arg-type]
+    return [
+        python,
+        "_mlcloud/launcher.py",
+        *launcher_args(platform=platform, command=command, **options),
+    ]
 
 
 def bootstrap_argv(
@@ -71,26 +87,9 @@ def bootstrap_argv(
     *,
     platform: str,
     command: list[str],
-    nproc_per_node: int = 1,
-    distributed: bool = False,
-    master_port: int | None = None,
-    inputs: Mapping[str, str] | None = None,
-    outputs: Mapping[str, str] | None = None,
     python: str = "python3",
+    **options: Unpack[LauncherOptions],
 ) -> list[str]:
     """The container command: unpack ``archive`` (a local path in the container), then launch."""
-    return [
-        python,
-        "-c",
-        BOOTSTRAP_SRC,
-        archive,
-        *launcher_args(
-            platform=platform,
-            command=command,
-            nproc_per_node=nproc_per_node,
-            distributed=distributed,
-            master_port=master_port,
-            inputs=inputs,
-            outputs=outputs,
-        ),
-    ]
+    args = launcher_args(platform=platform, command=command, **options)
+    return [python, "-c", BOOTSTRAP_SRC, archive, *args]

@@ -1,16 +1,11 @@
-"""Addresses, the bearer token, plain HTTP calls and the progress display of local endpoints.
-
-Plain ``urllib`` (with proxies disabled: these calls only ever go to this machine) keeps the
-CLI free of heavy imports.
-"""
+"""Addresses, ports and the bearer token of local endpoints (the HTTP client is in
+``clients.py``)."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 SERVICE = "serving.service:MlcloudService"
@@ -20,7 +15,6 @@ TOKEN_FILE = "api-token"  # noqa: S105 (a file name, not a secret)
 TIMEOUT_ENV = "MLCLOUD_DEPLOY_TIMEOUT"
 DRAIN_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def needs_token(host: str) -> bool:
@@ -57,27 +51,6 @@ def api_token(home: Path, create: bool) -> str | None:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
-
-
-def http(
-    method: str,
-    target: str,
-    body: bytes | None = None,
-    token: str | None = None,
-    timeout: float = 5.0,
-) -> tuple[int, bytes]:
-    """One HTTP call; returns (status, body). Raises OSError when nothing answered."""
-    if not target.startswith("http://"):
-        raise ValueError(f"only plain http to this machine is used here, got {target!r}")
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(target, data=body, method=method, headers=headers)  # noqa: S310
-    try:
-        with _NO_PROXY.open(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def free_port() -> int:

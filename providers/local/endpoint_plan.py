@@ -2,17 +2,23 @@
 
 An update (the name already has a front) plans only the new servers, the switch and the stop of
 the old servers; the front, and so the endpoint's address, stays.
+
+Every process starts in the endpoint's state directory, ``$MLCLOUD_HOME/endpoints/<name>``, which
+holds only mlcloud's own files (logs, ``upstreams.json``), never in the caller's working
+directory: ``bentoml serve`` puts its working directory first on ``sys.path``, so a user's
+project with its own ``serving`` or ``providers`` package would otherwise hide mlcloud's.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlcloud import modeldir
-from mlcloud.errors import Conflict, SpecError, UnsupportedFeature
-from mlcloud.provider import Plan, PlanStep
+from mlcloud.errors import Conflict, ModelError, NotFoundLocally, SpecError, UnsupportedFeature
+from mlcloud.records import EndpointRecord, Plan, PlanStep
 from providers.local import endpoint_procs as procs
 from providers.local.endpoint_net import (
     DEFAULT_MAX_BODY,
@@ -27,27 +33,108 @@ from providers.local.front import UPSTREAMS_FILE
 
 if TYPE_CHECKING:
     from mlcloud.specs import Deployment
-    from providers.local.endpoints import LocalEndpoints
+    from providers.local.provider import LocalProvider
+
+#: seconds an old server gets to stop after draining, on an update
+STOP_GRACE = 10
 
 
-def plan_deploy(eps: LocalEndpoints, deployment: Deployment) -> Plan:
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process to start: exactly what ``local.Popen`` shows, and where its output goes."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]  # set on top of the deployer's environment
+    cwd: str
+    log: str
+
+    def request(self) -> dict[str, object]:
+        return {"argv": list(self.argv), "env": dict(self.env), "cwd": self.cwd}
+
+
+@dataclass(frozen=True)
+class ServerSpec(ProcessSpec):
+    """A ``bentoml serve`` process on a private 127.0.0.1 port."""
+
+    port: int
+
+
+@dataclass(frozen=True)
+class FrontSpec(ProcessSpec):
+    """The endpoint's stable front (``front.py``) on the endpoint's address."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class LocalDeployContext:
+    generation: int  # of the servers this plan starts
+    model_dir: str
+    servers: tuple[ServerSpec, ...]
+    front: FrontSpec  # started unless ``update`` (then it runs already)
+    auth: bool  # the front requires the bearer token
+    update: bool  # the name has a front: this plan replaces its servers
+
+
+def endpoint_dir(home: Path, name: str) -> Path:
+    """The endpoint's state directory, and the working directory of its processes."""
+    return home / "endpoints" / name
+
+
+def existing(provider: LocalProvider, name: str) -> EndpointRecord | None:
+    try:
+        return provider.store.get_endpoint(name, provider=provider.name)
+    except NotFoundLocally:
+        return None
+
+
+def plan_deploy(provider: LocalProvider, deployment: Deployment) -> Plan[Deployment]:
     """Pure: the exact processes to start (argv/env/cwd) and the switch to make."""
-    where = eps.provider.where
+    _check_supported(deployment, provider.where)
+    model_dir = _model_dir(deployment, provider.where)
+    name = deployment.name
+    state_dir = endpoint_dir(provider.store.home, name)
+    old = existing(provider, name)
+    old_details = old.details if old else {}
+    host, port = _address(deployment, old_details.get("front") or {}, provider)
+    generation = int(old_details.get("generation", 0)) + 1
+    servers = _servers(provider, deployment, model_dir, state_dir, generation)
+    front = _front(provider, deployment, state_dir, host, port)
+    context = LocalDeployContext(
+        generation=generation,
+        model_dir=str(model_dir),
+        servers=servers,
+        front=front,
+        auth=needs_token(host),
+        update=bool(old_details.get("front")),
+    )
+    steps = _steps(context, state_dir, old_details.get("servers") or [])
+    volatile = tuple(str(p) for p in (port, *(s.port for s in servers)))
+    return provider.make_plan("deploy", name, deployment, steps, context=context, volatile=volatile)
+
+
+# ---- the steps, top to bottom ---------------------------------------------------------------
+def _check_supported(deployment: Deployment, where: str) -> None:
     if deployment.traffic:
         raise UnsupportedFeature("traffic split", where, hint="drop traffic: one model per name")
     if deployment.min_replicas != deployment.max_replicas:
         raise UnsupportedFeature(
             "autoscaling replicas {min, max}", where, hint="use a fixed replicas count"
         )
-    if deployment.resources.accelerator_count:
-        from providers.local.jobs import gpu_count
+    gpus = deployment.resources.accelerator_count
+    if gpus:
+        from providers.local.job_plan import gpu_count
 
-        if deployment.resources.accelerator_count > gpu_count():
+        if gpus > gpu_count():
             raise UnsupportedFeature(
                 f"accelerators={deployment.resources.accelerators!r}",
                 where,
                 hint="this machine lacks those GPUs: drop resources.accelerators",
             )
+
+
+def _model_dir(deployment: Deployment, where: str) -> Path:
     model = deployment.model.removeprefix("file://")
     if "://" in model:
         raise UnsupportedFeature(
@@ -56,98 +143,92 @@ def plan_deploy(eps: LocalEndpoints, deployment: Deployment) -> Plan:
     model_dir = Path(model).expanduser().resolve()
     try:
         modeldir.read_manifest(model_dir)
-    except (OSError, ValueError) as exc:
+    except (OSError, ModelError) as exc:  # the spec's ``model:`` names no model directory
         raise SpecError(f"model: {model_dir} is not an mlcloud model directory ({exc})") from None
+    return model_dir
 
-    name = deployment.name
-    state_dir = eps.dir(name)
-    old = eps.existing(name)
-    old_details: dict[str, Any] = old.details if old else {}
-    old_front: dict[str, Any] = old_details.get("front") or {}
-    host = deployment.host or old_front.get("host") or "127.0.0.1"
-    port = deployment.port or old_front.get("port") or free_port()
-    if old_front and (host, port) != (old_front.get("host"), old_front.get("port")):
-        raise Conflict(
-            f"endpoint {name!r} serves on {old_front.get('host')}:{old_front.get('port')}; "
+
+def _address(
+    deployment: Deployment, old_front: dict[str, object], provider: LocalProvider
+) -> tuple[str, int]:
+    """The front's ``host:port``: the existing front's (an update cannot move it), else asked for
+    or picked."""
+    old_host, old_port = old_front.get("host"), old_front.get("port")
+    host = deployment.host or str(old_host or "127.0.0.1")
+    port = deployment.port or (old_port if isinstance(old_port, int) else free_port())
+    if old_front and (host, port) != (old_host, old_port):
+        raise provider.origin.error(
+            Conflict,
+            f"endpoint {deployment.name!r} serves on {old_host}:{old_port}; "
             f"an update cannot move it to {host}:{port}",
-            provider=where,
-            hint=f"undeploy it first: mlcloud undeploy {name}",
+            hint=f"undeploy it first: mlcloud undeploy {deployment.name}",
         )
-    generation = int(old_details.get("generation", 0)) + 1
-    max_body = int(deployment.env.get("MLCLOUD_SERVE_MAX_BODY", DEFAULT_MAX_BODY))
-    auth = needs_token(host)
+    return host, port
 
-    servers: list[dict[str, Any]] = []
+
+def _servers(
+    provider: LocalProvider,
+    deployment: Deployment,
+    model_dir: Path,
+    state_dir: Path,
+    generation: int,
+) -> tuple[ServerSpec, ...]:
+    home = provider.store.home
+    servers = []
     for replica in range(deployment.min_replicas):
-        server_port = free_port()
+        role = f"server-g{generation}-{replica}"
+        port = free_port()
         env = {
             **deployment.env,
             "MLCLOUD_SERVE_MODEL": str(model_dir),
-            "BENTOML_HOME": str(eps.home / "bentoml"),
+            "BENTOML_HOME": str(home / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",  # no telemetry calls from a local server
-            procs.ENV_TAG: procs.tag(eps.home, name, f"server-g{generation}-{replica}"),
+            procs.ENV_TAG: procs.tag(home, deployment.name, role),
         }
-        argv = [sys.executable, "-m", "bentoml", "serve", SERVICE]
-        argv += ["--host", "127.0.0.1", "--port", str(server_port)]
-        servers.append(
-            {
-                "argv": argv,
-                "env": env,
-                "cwd": str(state_dir),
-                "port": server_port,
-                "log": str(state_dir / f"server-g{generation}-{replica}.log"),
-            }
-        )
-    front_argv = [sys.executable, "-m", "providers.local.front", "--host", host]
-    front_argv += ["--port", str(port), "--state-dir", str(state_dir)]
-    front_argv += ["--max-body", str(max_body)] + (["--token-stdin"] if auth else [])
-    front = {
-        "argv": front_argv,
-        "env": {procs.ENV_TAG: procs.tag(eps.home, name, "front")},
-        "cwd": str(state_dir),
-        "host": host,
-        "port": port,
-        "log": str(state_dir / "front.log"),
-    }
-    upstreams = [http_url("127.0.0.1", s["port"]) for s in servers]
-    steps = [PlanStep("local.Popen", {k: s[k] for k in ("argv", "env", "cwd")}) for s in servers]
-    if not old_front:
-        request = {k: front[k] for k in ("argv", "env", "cwd")}
-        if auth:  # the token itself never appears in a plan
+        argv = (
+            sys.executable, "-m", "bentoml", "serve", SERVICE,
+            "--host", "127.0.0.1", "--port", str(port),
+        )  # fmt: skip
+        log = str(state_dir / f"{role}.log")
+        servers.append(ServerSpec(argv, env, str(state_dir), log, port))
+    return tuple(servers)
+
+
+def _front(
+    provider: LocalProvider, deployment: Deployment, state_dir: Path, host: str, port: int
+) -> FrontSpec:
+    raw = deployment.env.get("MLCLOUD_SERVE_MAX_BODY", str(DEFAULT_MAX_BODY))
+    try:
+        max_body = int(raw)
+    except ValueError:
+        raise SpecError(f"env.MLCLOUD_SERVE_MAX_BODY={raw!r} must be a number of bytes") from None
+    argv = (
+        sys.executable, "-m", "providers.local.front",
+        "--host", host, "--port", str(port), "--state-dir", str(state_dir),
+        "--max-body", str(max_body), *(["--token-stdin"] if needs_token(host) else []),
+    )  # fmt: skip
+    env = {procs.ENV_TAG: procs.tag(provider.store.home, deployment.name, "front")}
+    return FrontSpec(argv, env, str(state_dir), str(state_dir / "front.log"), host, port)
+
+
+def _steps(
+    ctx: LocalDeployContext, state_dir: Path, old_servers: list[dict[str, object]]
+) -> list[PlanStep]:
+    """Start the servers (and the front, unless it runs), switch the front, stop the old ones."""
+    steps = [PlanStep("local.Popen", s.request()) for s in ctx.servers]
+    if not ctx.update:
+        request = ctx.front.request()
+        if ctx.auth:  # the token itself never appears in a plan
             request["stdin"] = f"bearer token from ${TOKEN_ENV} or $MLCLOUD_HOME/{TOKEN_FILE}"
         steps.append(PlanStep("local.Popen", request))
-    steps.append(
-        PlanStep(
-            "local.SwitchUpstreams",
-            {
-                "file": str(state_dir / UPSTREAMS_FILE),
-                "generation": generation,
-                "upstreams": upstreams,
-            },
-        )
-    )
-    old_servers = old_details.get("servers") or []
+    upstreams = [http_url("127.0.0.1", s.port) for s in ctx.servers]
+    switch = {
+        "file": str(state_dir / UPSTREAMS_FILE),
+        "generation": ctx.generation,
+        "upstreams": upstreams,
+    }
+    steps.append(PlanStep("local.SwitchUpstreams", switch))
     if old_servers:
-        steps.append(
-            PlanStep(
-                "local.DrainAndStop",
-                {"pids": [s["pid"] for s in old_servers], "grace_s": 10},
-            )
-        )
-    return Plan(
-        provider=eps.provider.name,
-        type=eps.provider.type,
-        kind="deploy",
-        id=name,
-        spec=deployment,
-        steps=tuple(steps),
-        context={
-            "ports": [port, *(s["port"] for s in servers)],
-            "generation": generation,
-            "model_dir": str(model_dir),
-            "servers": servers,
-            "front": front,
-            "auth": auth,
-            "update": bool(old_front),
-        },
-    )
+        pids = [s["pid"] for s in old_servers]
+        steps.append(PlanStep("local.DrainAndStop", {"pids": pids, "grace_s": STOP_GRACE}))
+    return steps

@@ -15,13 +15,20 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from providers.local.procs import with_env
+from providers.local.errors import LocalProcessError
+from providers.local.procs import ProcessId, identity, with_env
+from providers.local.procs import alive as alive  # one liveness check for jobs and endpoints
 
 ENV_TAG = "MLCLOUD_ENDPOINT_TAG"
+
+
+class Ident(ProcessId):
+    """A started process as the endpoint record keeps it (with its log)."""
+
+    log: str
 
 
 def tag(home: Path, name: str, role: str = "") -> str:
@@ -39,7 +46,7 @@ def spawn(
     cwd: str,
     log_path: Path,
     stdin_data: str | None = None,
-) -> dict[str, Any]:
+) -> Ident:
     """Start ``argv`` in a new session with its output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env}
@@ -57,34 +64,16 @@ def spawn(
     if stdin_data is not None and proc.stdin is not None:
         proc.stdin.write(stdin_data.encode() + b"\n")
         proc.stdin.close()
-    return {"pid": proc.pid, "create_time": _create_time(proc.pid), "log": str(log_path)}
+    return {**identity(proc.pid), "log": str(log_path)}
 
 
-def _create_time(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
-
-
-def alive(ident: Mapping[str, Any]) -> bool:
-    """Whether the recorded process still runs (a recycled pid does not count)."""
-    try:
-        proc = psutil.Process(int(ident["pid"]))
-        if ident.get("create_time") is not None and proc.create_time() != ident["create_time"]:
-            return False
-        return bool(proc.status() != psutil.STATUS_ZOMBIE)
-    except (psutil.Error, KeyError, TypeError, ValueError):
-        return False
-
-
-def reap(ident: Mapping[str, Any]) -> None:
+def reap(ident: Ident) -> None:
     """Collect our own exited child so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError, OSError, KeyError, ValueError):
         os.waitpid(int(ident["pid"]), os.WNOHANG)
 
 
-def workers(ident: Mapping[str, Any]) -> set[int]:
+def workers(ident: Ident) -> set[int]:
     """Live BentoML worker processes under a ``bentoml serve`` arbiter."""
     try:
         children = psutil.Process(int(ident["pid"])).children(recursive=True)
@@ -107,11 +96,11 @@ def tagged(prefix: str) -> list[psutil.Process]:
     return with_env(lambda env: (env.get(ENV_TAG) or "").startswith(prefix))
 
 
-def stop(idents: Sequence[Mapping[str, Any]], tag_prefix: str | None, grace: float = 10.0) -> int:
+def stop(idents: Sequence[Ident], tag_prefix: str | None, grace: float = 10.0) -> int:
     """SIGTERM the processes (their groups), SIGKILL whatever outlives ``grace``; verify.
 
     ``tag_prefix`` also sweeps every process carrying that tag. Returns how many survivors had to
-    be SIGKILLed. Raises ``RuntimeError`` if something still runs afterwards.
+    be SIGKILLed. Raises ``LocalProcessError`` if something still runs afterwards.
     """
     procs: list[psutil.Process] = []
     for ident in idents:
@@ -148,7 +137,9 @@ def stop(idents: Sequence[Mapping[str, Any]], tag_prefix: str | None, grace: flo
     if tag_prefix:
         left += tagged(tag_prefix)
     if left:
-        raise RuntimeError(f"processes still running after SIGKILL: {[p.pid for p in left]}")
+        raise LocalProcessError(
+            f"processes still running after SIGKILL: {[p.pid for p in left]}", code="StopFailed"
+        )
     return len(survivors)
 
 

@@ -27,7 +27,6 @@ Run: ``python -m providers.local.front --host H --port P --state-dir D [--token-
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hmac
 import itertools
 import json
@@ -36,10 +35,11 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:  # aiohttp is imported where the proxy runs, not by the deployer
     from aiohttp import web
+    from aiohttp.typedefs import Handler, Middleware
 
 UPSTREAMS_FILE = "upstreams.json"
 CONTROL_PATH = "/-/mlcloud/front"
@@ -108,15 +108,38 @@ class Upstreams:
         return self.urls[next(self._rr) % len(self.urls)]
 
 
-def make_app(state_dir: Path, token: str | None, max_body: int) -> web.Application:
-    from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+class FrontState(TypedDict):
+    """What ``GET /-/mlcloud/front`` answers."""
 
-    def _error(status: int, message: str) -> web.Response:
-        return web.json_response({"error": message}, status=status)
+    pid: int
+    generation: int
+    upstreams: list[str]
+    inflight: dict[str, int]  # requests in flight per upstream (only those with some)
+
+
+def make_app(state_dir: Path, token: str | None, max_body: int) -> web.Application:
+    """The front: bearer-token check, the control path, and the proxy for everything else."""
+    from aiohttp import web
 
     upstreams = Upstreams(state_dir / UPSTREAMS_FILE)
-    expected = f"Bearer {token}".encode() if token else None
     app = web.Application(client_max_size=max_body)
+    _pooled_client(app)
+    if token:
+        app.middlewares.append(_bearer_auth(token))
+    app.router.add_get(CONTROL_PATH, _control(upstreams))
+    app.router.add_route("*", "/{tail:.*}", _proxy(upstreams, max_body))
+    return app
+
+
+def _error(status: int, message: str) -> web.Response:
+    from aiohttp import web
+
+    return web.json_response({"error": message}, status=status)
+
+
+def _pooled_client(app: web.Application) -> None:
+    """One pooled client session for the app's life, to reach the upstreams."""
+    from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
     async def on_startup(app: web.Application) -> None:
         # keepalive below uvicorn's 5 s idle timeout: never reuse a connection being closed.
@@ -133,30 +156,48 @@ def make_app(state_dir: Path, token: str | None, max_body: int) -> web.Applicati
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
 
+
+def _bearer_auth(token: str) -> Middleware:
+    """Every path needs ``Authorization: Bearer <token>``, compared in constant time."""
+    from aiohttp import web
+
+    expected = f"Bearer {token}".encode()
+
     @web.middleware
-    async def auth(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if expected is not None:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                resp = _error(401, "missing or invalid bearer token (Authorization: Bearer …)")
-                resp.headers["WWW-Authenticate"] = "Bearer"
-                return resp
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            resp = _error(401, "missing or invalid bearer token (Authorization: Bearer …)")
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
         return await handler(request)
 
-    app.middlewares.append(auth)
+    return auth
+
+
+def _control(upstreams: Upstreams) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The generation in force and the requests in flight (the deployer's view of the front)."""
+    from aiohttp import web
 
     async def control(request: web.Request) -> web.Response:
         upstreams.reload()
-        return web.json_response(
-            {
-                "pid": os.getpid(),
-                "generation": upstreams.generation,
-                "upstreams": upstreams.urls,
-                "inflight": {u: n for u, n in upstreams.inflight.items() if n},
-            }
-        )
+        state: FrontState = {
+            "pid": os.getpid(),
+            "generation": upstreams.generation,
+            "upstreams": upstreams.urls,
+            "inflight": {u: n for u, n in upstreams.inflight.items() if n},
+        }
+        return web.json_response(state)
+
+    return control
+
+
+def _proxy(upstreams: Upstreams, max_body: int) -> Handler:
+    """Round-robin over the current upstreams; a request that reached no upstream (nothing came
+    back) is retried on the current list, up to ``_ATTEMPTS`` times."""
+    import asyncio
+
+    from aiohttp import ClientError, ClientSession, web
 
     async def proxy(request: web.Request) -> web.StreamResponse:
         try:
@@ -190,9 +231,7 @@ def make_app(state_dir: Path, token: str | None, max_body: int) -> web.Applicati
                 upstreams.inflight[url] -= 1
         return _error(502, f"no backend of this endpoint answered ({last_error})")
 
-    app.router.add_get(CONTROL_PATH, control)
-    app.router.add_route("*", "/{tail:.*}", proxy)
-    return app
+    return proxy
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,275 +1,167 @@
-"""Local training jobs: planned as exact argv/env/cwd, run detached under a supervisor.
+"""Local training jobs: a plan (``job_plan.py``) run detached under a supervisor.
 
-``submit_job`` writes the plan into ``$MLCLOUD_HOME/jobs/<id>/`` and starts
+``submit`` writes the plan into ``$MLCLOUD_HOME/jobs/<id>/supervisor.json`` and starts
 ``providers.local.supervisor`` in its own session, so the job (and its final status) outlives the
-CLI. Distributed jobs run under ``torchrun --no-python`` with a c10d rendezvous whose TCPStore the
-supervisor hosts on 127.0.0.1 (see ``rdzv_store.py``).
+CLI. The supervisor records every attempt, state and exit code in the store, and what each
+process it started really got (``launched.jsonl``, see ``supervisor.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TextIO
 
 from mlcloud import runtime
-from mlcloud.config import profile_settings
-from mlcloud.errors import SpecError, UnsupportedFeature
-from mlcloud.provider import JobRecord, JobState, Plan, PlanStep, new_job_id
+from mlcloud.errors import Transient
+from mlcloud.records import JobRecord, JobState, Plan
+from providers.common.waiting import follow_logs, wait_until
 from providers.local import procs, supervisor
-from providers.local.settings import LocalSettings
+from providers.local.job_plan import LocalJobContext, job_dir
 
 if TYPE_CHECKING:
     from mlcloud.specs import TrainingJob
     from providers.local.provider import LocalProvider
 
-RDZV_CONF = "join_timeout=60,last_call_timeout=1,close_timeout=10"
-_LOCAL_SCHEMES = ("file://",)
+LOG_POLL = 0.1  # seconds between reads of a followed log
 
 
-def settings(provider: LocalProvider) -> LocalSettings:
-    return profile_settings(LocalSettings, provider.profile)
-
-
-def job_dir(provider: LocalProvider, job_id: str) -> Path:
-    return provider.store.home / "jobs" / job_id
-
-
-def _local_path(value: str, what: str, provider: LocalProvider) -> str:
-    if "://" in value and not value.startswith(_LOCAL_SCHEMES):
-        scheme = value.split("://", 1)[0]
-        raise UnsupportedFeature(
-            f"{what} {scheme}:// URIs",
-            provider.where,
-            hint="use a local path or file:// URI, or run on the cloud that holds the data",
-        )
-    return str(Path(value.removeprefix("file://")).expanduser().resolve())
-
-
-def gpu_count() -> int:
-    """GPUs visible on this machine, without importing torch."""
-    proc_dir = Path("/proc/driver/nvidia/gpus")
-    if proc_dir.is_dir():
-        return len(list(proc_dir.iterdir()))
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            return 0
-        return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-    return 0
-
-
-def plan_job(provider: LocalProvider, job: TrainingJob) -> Plan:
-    conf = settings(provider)
-    job_id = new_job_id(job.name)
-    home = job_dir(provider, job_id)
-    source = Path(_local_path(job.source, "source", provider))
-    if not source.is_dir():
-        raise SpecError(f"source: {source} is not a directory", hint="set source: to your code dir")
-    env: dict[str, str] = {
-        "PYTHONUNBUFFERED": "1",
-        **job.env,
-        runtime.ENV_JOB_ID: job_id,
-        runtime.ENV_PROVIDER_TYPE: provider.type,
-        runtime.ENV_MODEL_DIR: str(home / "model"),
-        runtime.ENV_OUTPUT_DIR: _local_path(job.output, "output", provider)
-        if job.output
-        else str(home / "output"),
-        runtime.ENV_HPARAMS: json.dumps(job.hyperparameters, sort_keys=True),
-        runtime.ENV_NUM_NODES: str(job.min_nodes),
-        runtime.ENV_NODE_RANK: "0",
-    }
-    if job.checkpoint:
-        env[runtime.ENV_CHECKPOINT_DIR] = (
-            str(home / "checkpoints")
-            if job.checkpoint == "auto"
-            else _local_path(job.checkpoint, "checkpoint", provider)
-        )
-    for name, value in sorted(job.inputs.items()):
-        path = _local_path(value, f"input {name!r}", provider)
-        if not Path(path).exists():
-            raise SpecError(f"inputs.{name}: {path} does not exist")
-        env[runtime.input_env_name(name)] = path
-    gpus = job.resources.accelerator_count
-    nodes_here = conf.nodes_here or (1 if conf.rdzv_endpoint else job.max_nodes)
-    if gpus:
-        have = gpu_count()
-        need = gpus * nodes_here
-        if have < need:
-            raise UnsupportedFeature(
-                f"accelerators={job.resources.accelerators!r} ({need} GPU(s) on this machine)",
-                f"local (profile {provider.name!r})",
-                hint=f"this machine has {have} GPU(s): drop resources.accelerators "
-                "(--set resources.accelerators=null) or run on a GPU provider",
-            )
-    python = conf.python or sys.executable
-    ports: list[int] = []
-    steps: list[PlanStep] = []
-    rdzv: dict[str, Any] | None = None
-    if not job.distributed:
-        node_env = dict(env)
-        if gpus:
-            node_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
-        steps.append(_popen(list(job.command), node_env, source))
-    else:
-        if conf.rdzv_endpoint:
-            endpoint, host_store = conf.rdzv_endpoint, False
-        else:
-            from providers.local.endpoint_net import free_port  # distributed jobs only
-
-            port = free_port()
-            ports.append(port)
-            endpoint, host_store = f"127.0.0.1:{port}", True
-            rdzv = {"host": "127.0.0.1", "port": port}
-        for node in range(nodes_here):
-            node_env = dict(env)
-            if gpus:
-                node_env["CUDA_VISIBLE_DEVICES"] = ",".join(
-                    str(i) for i in range(node * gpus, (node + 1) * gpus)
-                )
-            argv = [
-                python, "-m", "torch.distributed.run",
-                f"--nnodes={job.min_nodes}:{job.max_nodes}",
-                f"--nproc-per-node={job.procs_per_node}",
-                f"--max-restarts={job.max_restarts}",
-                "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={endpoint}",
-                f"--rdzv-id={job_id}",
-                f"--rdzv-conf={RDZV_CONF}" + (",is_host=false" if host_store else ""),
-                "--monitor-interval=0.5",
-                "--no-python",
-                python, "-m", "providers.local.worker",
-                *job.command,
-            ]  # fmt: skip
-            if host_store:
-                argv.insert(argv.index("--monitor-interval=0.5"), "--local-addr=127.0.0.1")
-            steps.append(_popen(argv, node_env, source))
-    return Plan(
-        provider=provider.name,
-        type=provider.type,
-        kind="job",
-        id=job_id,
-        spec=job,
-        steps=tuple(steps),
-        context={
-            "job_dir": str(home),
-            "ports": tuple(ports),
-            "rdzv": rdzv,
-            # torchrun restarts the worker group itself; the supervisor restarts plain commands.
-            "restarts": 0 if job.distributed else job.max_restarts,
-            "grace": conf.cancel_grace,
-        },
-    )
-
-
-def _popen(argv: list[str], env: dict[str, str], cwd: Path) -> PlanStep:
-    return PlanStep("local.Popen", {"argv": argv, "env": env, "cwd": str(cwd)})
-
-
-def submit_job(provider: LocalProvider, plan: Plan) -> JobRecord:
-    home = Path(plan.context["job_dir"])
+def submit(provider: LocalProvider, plan: Plan[TrainingJob]) -> JobRecord:
+    ctx = plan.context_as(LocalJobContext)
+    home = Path(ctx.job_dir)
+    spec = _supervisor_spec(provider, plan, ctx)
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    spec = {
-        "job_id": plan.id,
-        "state_db": str(provider.store.path),
-        "steps": [dict(s.request) for s in plan.steps],
-        "rdzv": plan.context["rdzv"],
-        "restarts": plan.context["restarts"],
-        "grace": plan.context["grace"],
-        "max_runtime": plan.spec.max_runtime_seconds,  # type: ignore[union-attr]
-        "log": str(home / "logs" / "job.log"),
-    }
     (home / "supervisor.json").write_text(json.dumps(spec, indent=2))
-    record = JobRecord(
-        id=plan.id,
-        name=plan.spec.name,
-        provider=provider.name,
-        type=provider.type,
-        state=JobState.PENDING,
-        native_id=plan.id,
-        outputs={
-            "model_dir": plan.steps[0].request["env"][runtime.ENV_MODEL_DIR],
-            "output_dir": plan.steps[0].request["env"][runtime.ENV_OUTPUT_DIR],
-            "logs": spec["log"],
-        },
-        spec=plan.spec.model_dump(mode="json"),
+    env = plan.steps[0].request["env"]
+    provider.store.add_job(
+        JobRecord(
+            id=plan.id,
+            name=plan.spec.name,
+            provider=provider.name,
+            type=provider.type,
+            state=JobState.PENDING,
+            native_id=plan.id,
+            outputs={
+                "model_dir": env[runtime.ENV_MODEL_DIR],
+                "output_dir": env[runtime.ENV_OUTPUT_DIR],
+                "logs": spec["log"],
+            },
+            spec=plan.spec.model_dump(mode="json"),
+        )
     )
-    provider.store.add_job(record)
-    pid = supervisor.spawn(
-        home / "supervisor.json", home / "supervisor.log", settings(provider).python
-    )
+    try:
+        pid = supervisor.spawn(home / "supervisor.json", home / "supervisor.log", ctx.python)
+    except Exception as exc:  # the job never started: say so, never leave it PENDING
+        provider.store.update_job(
+            plan.id, state=JobState.FAILED, message=f"its supervisor did not start: {exc}"
+        )
+        raise
     return provider.store.update_job(
         plan.id, merge_details={"supervisor": procs.identity(pid), "job_dir": str(home)}
     )
 
 
-def job_status(provider: LocalProvider, job_id: str) -> JobRecord:
-    record = provider.store.get_job(job_id)
+def _supervisor_spec(
+    provider: LocalProvider, plan: Plan[TrainingJob], ctx: LocalJobContext
+) -> supervisor.SupervisorSpec:
+    home = Path(ctx.job_dir)
+    return {
+        "job_id": plan.id,
+        "state_db": str(provider.store.path),
+        "steps": [
+            {"argv": list(r["argv"]), "env": dict(r["env"]), "cwd": str(r["cwd"])}
+            for r in (s.request for s in plan.steps)
+        ],
+        "rdzv": {"host": ctx.rdzv.host, "port": ctx.rdzv.port} if ctx.rdzv else None,
+        "restarts": ctx.restarts,
+        "grace": ctx.grace,
+        "max_runtime": plan.spec.max_runtime_seconds,
+        "log": str(home / "logs" / "job.log"),
+        "launched": str(home / supervisor.LAUNCHED_FILE),
+    }
+
+
+def status(provider: LocalProvider, record: JobRecord) -> JobRecord:
+    """A job whose supervisor died without recording its end has failed."""
+    sup = record.details.get("supervisor")
+    if not sup or procs.alive(sup):
+        return record
+    # Re-read: the supervisor may have recorded the end just before exiting.
+    record = provider.store.get_job(record.id)
     if record.state.terminal:
         return record
-    supervisor = record.details.get("supervisor")
-    if supervisor and not procs.alive(supervisor):
-        # Re-read: the supervisor may have recorded the end just before exiting.
-        record = provider.store.get_job(job_id)
-        if not record.state.terminal:
-            procs.kill_job_processes(job_id, grace=0)
-            record = provider.store.update_job(
-                job_id,
-                state=JobState.FAILED,
-                message="the job's supervisor process died; see supervisor.log in the job dir",
+    procs.kill_job_processes(record.id, grace=0)
+    return provider.store.update_job(
+        record.id,
+        state=JobState.FAILED,
+        message="the job's supervisor process died; see supervisor.log in the job dir",
+    )
+
+
+def logs(provider: LocalProvider, record: JobRecord, follow: bool) -> Iterator[str]:
+    default = job_dir(provider.store.home, record.id) / "logs" / "job.log"
+    tail = _LogTail(Path(record.outputs.get("logs") or default), final=not follow)
+
+    def finished() -> bool:
+        tail.final = provider.job_status(record.id).state.terminal
+        return tail.final
+
+    try:
+        yield from follow_logs(tail.read_new, finished, follow=follow, poll=LOG_POLL)
+    finally:
+        tail.close()
+
+
+class _LogTail:
+    """The complete lines appended to a log since the last read; on the ``final`` read, the
+    unterminated last line too. A log that does not exist yet has no lines."""
+
+    def __init__(self, path: Path, final: bool) -> None:
+        self.path = path
+        self.final = final
+        self._fh: TextIO | None = None
+        self._pending = ""
+
+    def read_new(self) -> list[str]:
+        if self._fh is None:
+            try:
+                self._fh = self.path.open("r", encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                return []
+        lines = (self._pending + self._fh.read()).split("\n")
+        self._pending = lines.pop()
+        if self.final and self._pending:
+            lines.append(self._pending)
+            self._pending = ""
+        return lines
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def cancel(provider: LocalProvider, record: JobRecord) -> JobRecord:
+    """SIGTERM the supervisor, which stops the job (SIGTERM → grace → SIGKILL) and records it;
+    a supervisor that is gone or does not answer in time: end the processes here."""
+    grace = provider.settings.cancel_grace
+    sup = record.details.get("supervisor")
+    if sup and procs.alive(sup):
+        with contextlib.suppress(ProcessLookupError):  # it ended in between
+            os.kill(sup["pid"], signal.SIGTERM)
+        try:
+            return wait_until(
+                lambda: provider.store.get_job(record.id),
+                lambda r: r.state.terminal and not procs.alive(sup),
+                timeout=grace + 10,
+                poll=0.05,
+                what=f"the supervisor of job {record.id} to stop it",
+                origin=provider.origin,
             )
-    return record
-
-
-def job_logs(provider: LocalProvider, job_id: str, follow: bool) -> Iterator[str]:
-    record = provider.store.get_job(job_id)
-    path = Path(record.outputs.get("logs") or job_dir(provider, job_id) / "logs" / "job.log")
-    deadline_wait = time.monotonic() + 10
-    while not path.exists():
-        if not follow or time.monotonic() > deadline_wait:
-            return
-        time.sleep(0.05)
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        pending = ""
-        while True:
-            chunk = fh.readline()
-            if chunk:
-                pending += chunk
-                if pending.endswith("\n"):
-                    yield pending.rstrip("\n")
-                    pending = ""
-                continue
-            if not follow or job_status(provider, job_id).state.terminal:
-                rest = fh.read()
-                yield from (pending + rest).splitlines()
-                return
-            time.sleep(0.1)
-
-
-def cancel_job(provider: LocalProvider, job_id: str) -> JobRecord:
-    record = job_status(provider, job_id)
-    if record.state.terminal:
-        return record
-    grace = settings(provider).cancel_grace
-    supervisor = record.details.get("supervisor")
-    if supervisor and procs.alive(supervisor):
-        os.kill(supervisor["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + grace + 10
-        while time.monotonic() < deadline:
-            record = provider.store.get_job(job_id)
-            if record.state.terminal and not procs.alive(supervisor):
-                return record
-            time.sleep(0.05)
-    # No supervisor (or it did not answer): end the processes ourselves.
-    procs.kill_job_processes(job_id, grace=grace)
-    return provider.store.update_job(job_id, state=JobState.CANCELLED, message="cancelled")
+        except Transient:
+            pass  # it did not answer: below
+    procs.kill_job_processes(record.id, grace=grace)
+    return provider.store.update_job(record.id, state=JobState.CANCELLED, message="cancelled")

@@ -12,28 +12,35 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict
 
 import psutil
 
 from mlcloud.runtime import ENV_JOB_ID
 
 
-def identity(pid: int) -> dict[str, Any]:
+class ProcessId(TypedDict):
     """pid plus start time, so a recycled pid is never mistaken for our process."""
+
+    pid: int
+    create_time: float | None  # None: it had already ended when we looked
+
+
+def identity(pid: int) -> ProcessId:
     try:
         return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
     except psutil.Error:
         return {"pid": pid, "create_time": None}
 
 
-def alive(ident: dict[str, Any]) -> bool:
+def alive(ident: ProcessId) -> bool:
+    """Whether the recorded process still runs (a recycled pid does not count)."""
     try:
         proc = psutil.Process(int(ident["pid"]))
         if ident.get("create_time") is not None and proc.create_time() != ident["create_time"]:
             return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.Error, KeyError, TypeError, ValueError):  # a record of another version
         return False
 
 

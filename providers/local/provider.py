@@ -1,4 +1,9 @@
-"""LocalProvider: the training half lives in ``jobs.py``, endpoints in ``endpoints.py``."""
+"""LocalProvider: jobs as supervised subprocesses, endpoints as ``bentoml serve`` behind a front.
+
+Thin: planning is in ``job_plan.py`` / ``endpoint_plan.py`` (pure), the side effects in
+``jobs.py`` / ``endpoints.py``, imported inside each hook so that importing the provider stays
+cheap (the job supervisor and workers import modules of this package too).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from mlcloud.provider import Capability, EndpointRecord, JobRecord, Plan, Provider
+from mlcloud.provider import Capability, Provider
+from mlcloud.records import EndpointRecord, JobRecord, Plan
+from providers.local import errors
+from providers.local.settings import LocalSettings
 
 if TYPE_CHECKING:
     from mlcloud.specs import Deployment, TrainingJob
-    from providers.local.endpoints import LocalEndpoints
+    from providers.local.clients import LocalClients
 
 
-class LocalProvider(Provider):
+class LocalProvider(Provider[LocalSettings]):
     type = "local"
     capabilities = frozenset(
         {
@@ -27,65 +35,76 @@ class LocalProvider(Provider):
             Capability.ENDPOINTS,
         }
     )
+    settings_model = LocalSettings
+    translate_error = staticmethod(errors.translate)
 
     @cached_property
-    def _endpoints(self) -> LocalEndpoints:
-        from providers.local.endpoints import LocalEndpoints
+    def clients(self) -> LocalClients:
+        from providers.local.clients import LocalClients
 
-        return LocalEndpoints(self)
+        return LocalClients()
 
     # ---- jobs --------------------------------------------------------------------------------
-    def plan_job(self, job: TrainingJob) -> Plan:
+    def _plan_job(self, job: TrainingJob) -> Plan[TrainingJob]:
+        from providers.local import job_plan
+
+        return job_plan.plan_job(self, job)
+
+    def _submit_job(self, plan: Plan[TrainingJob]) -> JobRecord:
         from providers.local import jobs
 
-        self.check_job(job)
-        return jobs.plan_job(self, job)
+        return jobs.submit(self, plan)
 
-    def submit_job(self, plan: Plan) -> JobRecord:
+    def _job_status(self, record: JobRecord) -> JobRecord:
         from providers.local import jobs
 
-        return jobs.submit_job(self, plan)
+        return jobs.status(self, record)
 
-    def job_status(self, job_id: str) -> JobRecord:
+    def _job_logs(self, record: JobRecord, follow: bool) -> Iterator[str]:
         from providers.local import jobs
 
-        return jobs.job_status(self, job_id)
+        return jobs.logs(self, record, follow)
 
-    def job_logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
+    def _cancel_job(self, record: JobRecord) -> JobRecord:
         from providers.local import jobs
 
-        return jobs.job_logs(self, job_id, follow)
-
-    def cancel_job(self, job_id: str) -> JobRecord:
-        from providers.local import jobs
-
-        return jobs.cancel_job(self, job_id)
+        return jobs.cancel(self, record)
 
     # ---- endpoints ---------------------------------------------------------------------------
-    def plan_deploy(self, deployment: Deployment) -> Plan:
-        return self._endpoints.plan_deploy(deployment)
+    def _plan_deploy(self, deployment: Deployment) -> Plan[Deployment]:
+        from providers.local import endpoint_plan
 
-    def deploy(self, plan: Plan) -> EndpointRecord:
-        record = self._endpoints.deploy(plan)
+        return endpoint_plan.plan_deploy(self, deployment)
+
+    def _deploy(self, plan: Plan[Deployment]) -> EndpointRecord:
+        from providers.local import endpoints
+
+        record = endpoints.deploy(self, plan)
         # Lineage, as the cloud providers record it: endpoint ← model version ← job.
-        spec = plan.spec
         self.store.add_model_version(
-            spec.name,
-            record.model or spec.model,  # type: ignore[union-attr]
+            plan.spec.name,
+            record.model or plan.spec.model,
             sha256=record.model_sha256,
             source_job=record.source_job,
             details={"endpoint": record.name, "provider": self.name},
         )
         return record
 
-    def endpoint_status(self, name: str) -> EndpointRecord:
-        return self._endpoints.endpoint_status(name)
+    def _endpoint_status(self, name: str) -> EndpointRecord:
+        from providers.local import endpoints
 
-    def predict(self, name: str, payload: Any) -> Any:
-        return self._endpoints.predict(name, payload)
+        return endpoints.status(self, name)
 
-    def undeploy(self, name: str) -> EndpointRecord | None:
-        return self._endpoints.undeploy(name)
+    def _predict(self, name: str, payload: Any) -> Any:
+        from providers.local import endpoints
+
+        return endpoints.predict(self, name, payload)
+
+    def _undeploy(self, name: str) -> EndpointRecord | None:
+        from providers.local import endpoints
+
+        return endpoints.undeploy(self, name)
 
     def list_endpoints(self) -> list[EndpointRecord]:
-        return self._endpoints.list_endpoints()
+        """Each with its processes checked: a local endpoint has no backend to ask."""
+        return [self.endpoint_status(r.name) for r in self.store.list_endpoints(self.name)]

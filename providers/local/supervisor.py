@@ -5,6 +5,12 @@ commands, restarts plain commands up to ``max_restarts`` times, records every at
 exit code in the store, turns SIGTERM (``mlcloud cancel``) into SIGTERM → grace → SIGKILL for
 every process of the job, and never leaves an orphan: processes are found by their
 ``MLCLOUD_JOB_ID`` even after leaving the process group.
+
+Each process runs with exactly the plan's ``env`` on top of the environment the supervisor
+inherited. Right after starting them, it appends to ``launched.jsonl`` what each process was really
+started with, as the kernel reports it (argv, working directory, and of its environment: the keys
+the plan sets, and any key whose value differs from what the supervisor inherited; never the rest,
+which may hold secrets). That is the far end of ``mlcloud train``: what ``--dry-run`` printed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
+
+from providers.local.errors import LocalProcessError
 
 if TYPE_CHECKING:
     from mlcloud.store import Store
@@ -28,9 +36,47 @@ if TYPE_CHECKING:
 # The state store (and psutil) are imported on first use, after the first attempt has started:
 # the user's first line should not wait ~70 ms for imports the launch itself does not need.
 
+LAUNCHED_FILE = "launched.jsonl"
+
+
+class StepSpec(TypedDict):
+    argv: list[str]
+    env: dict[str, str]  # set on top of the supervisor's environment
+    cwd: str
+
+
+class RdzvSpec(TypedDict):
+    host: str
+    port: int
+
+
+class SupervisorSpec(TypedDict):
+    """``supervisor.json``: what ``submit_job`` hands the supervisor."""
+
+    job_id: str
+    state_db: str
+    steps: list[StepSpec]
+    rdzv: RdzvSpec | None
+    restarts: int
+    grace: float
+    max_runtime: float
+    log: str
+    launched: str  # where to append what each started process really got
+
+
+class Launched(TypedDict):
+    """One line of ``launched.jsonl``."""
+
+    attempt: int
+    step: int
+    pid: int
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+
 
 class Supervisor:
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: SupervisorSpec) -> None:
         self.spec = spec
         self.job_id: str = spec["job_id"]
         self._store: Store | None = None
@@ -49,7 +95,7 @@ class Supervisor:
 
     def record(self, state: str | None = None, **fields: Any) -> None:
         """Update this job in the store; ``state`` is a JobState name."""
-        from mlcloud.provider import JobState
+        from mlcloud.records import JobState
 
         self.store.update_job(self.job_id, state=JobState(state) if state else None, **fields)
 
@@ -68,8 +114,8 @@ class Supervisor:
                 self._stop_everything(grace=2.0)
 
     def _run(self, out: BinaryIO) -> None:
-        if self.spec.get("rdzv"):
-            self._start_rdzv_store(out)
+        if self.spec["rdzv"]:
+            self._start_rdzv_store(out, self.spec["rdzv"])
         attempts = int(self.spec["restarts"]) + 1
         for attempt in range(1, attempts + 1):
             if self.cancel.is_set():
@@ -98,17 +144,12 @@ class Supervisor:
         self._cancel(out)
 
     def _run_attempt(self, out: BinaryIO, attempt: int) -> int:
-        env_base = dict(os.environ)
-        env_base["MLCLOUD_STATE_DB"] = self.spec["state_db"]
-        if self.spec.get("rdzv"):
-            # Workers' store: made by rank 0 in runtime.init_distributed, bound to loopback.
-            env_base["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
         self.children = []
         for step in self.spec["steps"]:
             self.children.append(
                 subprocess.Popen(
                     step["argv"],
-                    env={**env_base, **step["env"]},
+                    env={**os.environ, **step["env"]},
                     cwd=step["cwd"],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
@@ -116,6 +157,7 @@ class Supervisor:
                     start_new_session=True,
                 )
             )
+        self._record_launched(attempt)
         self.record(
             "RUNNING",
             attempts=attempt,
@@ -123,6 +165,34 @@ class Supervisor:
             merge_details={"pids": [c.pid for c in self.children]},
         )
         return self._wait()
+
+    def _record_launched(self, attempt: int) -> None:
+        """Append what each process of this attempt was really started with (module docstring).
+        A process already gone is recorded with what could be read: nothing."""
+        import psutil
+
+        lines = []
+        for index, (step, child) in enumerate(zip(self.spec["steps"], self.children, strict=True)):
+            seen: Launched = {
+                "attempt": attempt,
+                "step": index,
+                "pid": child.pid,
+                "argv": [],
+                "cwd": "",
+                "env": {},
+            }
+            try:
+                proc = psutil.Process(child.pid)
+                environ = proc.environ()
+                seen["argv"], seen["cwd"] = proc.cmdline(), proc.cwd()
+            except psutil.Error:
+                environ = {}
+            seen["env"] = {
+                k: v for k, v in environ.items() if k in step["env"] or os.environ.get(k) != v
+            }
+            lines.append(json.dumps(seen) + "\n")
+        with open(self.spec["launched"], "a", encoding="utf-8") as f:
+            f.writelines(lines)
 
     def _wait(self) -> int:
         """0 when every child succeeded; else the first failure's exit code (128+N if signalled)."""
@@ -159,8 +229,8 @@ class Supervisor:
         self.record("CANCELLED", message="cancelled")
         self.log(out, "job cancelled")
 
-    def _start_rdzv_store(self, out: BinaryIO) -> None:
-        host, port = self.spec["rdzv"]["host"], int(self.spec["rdzv"]["port"])
+    def _start_rdzv_store(self, out: BinaryIO, rdzv: RdzvSpec) -> None:
+        host, port = rdzv["host"], int(rdzv["port"])
         self.rdzv = subprocess.Popen(
             [sys.executable, "-m", "providers.local.rdzv_store", host, str(port)],
             stdin=subprocess.DEVNULL,
@@ -170,13 +240,17 @@ class Supervisor:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.rdzv.poll() is not None:
-                raise RuntimeError(f"the rendezvous store on {host}:{port} failed to start")
+                raise LocalProcessError(
+                    f"the rendezvous store on {host}:{port} failed to start", code="RendezvousStore"
+                )
             try:
                 socket.create_connection((host, port), timeout=0.5).close()
                 return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"the rendezvous store on {host}:{port} did not start in 60 s")
+        raise LocalProcessError(
+            f"the rendezvous store on {host}:{port} did not start in 60 s", code="RendezvousStore"
+        )
 
     def _stop_everything(self, grace: float) -> None:
         if self.children:
@@ -247,7 +321,9 @@ def _fork(spec_path: Path, log_path: Path) -> int:
     with contextlib.suppress(ChildProcessError):  # a caller that ignores SIGCHLD
         os.waitpid(child, 0)
     if not answer:
-        raise RuntimeError(f"could not start the job's supervisor; see {log_path}")
+        raise LocalProcessError(
+            f"could not start the job's supervisor; see {log_path}", code="SupervisorStart"
+        )
     return int(answer)
 
 
@@ -285,7 +361,7 @@ def _detached_main(spec_path: Path, log_path: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    spec = json.loads(Path(argv[1]).read_text())
+    spec: SupervisorSpec = json.loads(Path(argv[1]).read_text())
     supervisor = Supervisor(spec)
 
     def on_signal(signum: int, frame: object) -> None:

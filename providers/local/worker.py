@@ -20,7 +20,7 @@ def main(argv: list[str]) -> None:
     db = os.environ.get("MLCLOUD_STATE_DB")
     job_id = os.environ.get("MLCLOUD_JOB_ID")
     if os.environ.get("RANK") == "0" and db and job_id:
-        from mlcloud.provider import JobState
+        from mlcloud.records import JobState
         from mlcloud.store import Store
 
         # Each rendezvous round has its own MASTER_PORT; agents count restarts differently, so

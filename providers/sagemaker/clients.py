@@ -1,4 +1,8 @@
-"""boto3 clients, created once per provider instance (boto3 itself is imported here, lazily)."""
+"""boto3 clients, created once per provider instance (boto3 itself is imported here, lazily).
+
+boto3 ships no type information here, so the clients are ``Any``: each call's request and
+answer shapes are botocore's service model (the plans are checked against it in the tests).
+"""
 
 from __future__ import annotations
 
@@ -65,10 +69,10 @@ class Clients:
             retries={"mode": "standard", "max_attempts": self._settings.max_attempts},
             user_agent_extra="mlcloud",
         )
-        kwargs: dict[str, Any] = {"config": config}
-        if self._settings.endpoint_url:
-            kwargs["endpoint_url"] = self._settings.endpoint_url
-        return self._session.client(service, **kwargs)
+        # endpoint_url=None: boto3's own resolution (AWS_ENDPOINT_URL[_<SERVICE>], then AWS).
+        return self._session.client(
+            service, config=config, endpoint_url=self._settings.endpoint_url or None
+        )
 
     @property
     def sagemaker(self) -> Any:

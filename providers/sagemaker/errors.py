@@ -1,15 +1,18 @@
-"""botocore exceptions → the mlcloud error tree, in this one place.
+"""botocore exceptions → the mlcloud error tree: the one mapping of this provider.
 
 botocore's "standard" retry mode has already retried throttling, 5xx and dropped connections by
-the time an exception reaches us, so nothing here retries: it only classifies.
+the time an exception reaches us, so nothing here retries: it only classifies. An exception that
+is not botocore's (a bug, a KeyboardInterrupt) is not this module's business: ``translate``
+answers ``None`` and ``mlcloud.errors.map_exceptions`` re-raises it untouched.
+
+Provider code that must branch on an outcome (``NotFound``: absent; ``Conflict``: already exists)
+wraps the SDK call in ``with provider.mapped():`` and catches the mlcloud class.
 """
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING
 
 from mlcloud.errors import (
     AuthError,
@@ -17,6 +20,7 @@ from mlcloud.errors import (
     Conflict,
     MlcloudError,
     NotFound,
+    Origin,
     PermissionDenied,
     ProviderError,
     QuotaExceeded,
@@ -24,9 +28,8 @@ from mlcloud.errors import (
     Transient,
 )
 
-PROVIDER = "sagemaker"
-P = ParamSpec("P")
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
 
 _THROTTLED = {
     "ThrottlingException",
@@ -67,6 +70,7 @@ _TRANSIENT = {
     "RequestTimeoutException",
 }
 # SageMaker reports most "no such X" and "X exists" as a ValidationException with a sentence.
+_VALIDATION = {"ValidationException", "ValidationError"}
 _VALIDATION_NOT_FOUND = re.compile(r"could not find|does not exist|not found", re.IGNORECASE)
 _VALIDATION_CONFLICT = re.compile(r"already exist|cannot create already", re.IGNORECASE)
 _QUOTA_NAME = re.compile(r"limit '([^']+)'")
@@ -80,111 +84,81 @@ _HINTS = {
 }
 
 
-def map_client_error(err: Any) -> ProviderError:
-    """A ``botocore.exceptions.ClientError`` → the matching ProviderError subclass."""
-    error = err.response.get("Error", {}) if hasattr(err, "response") else {}
+def translate(exc: Exception, origin: Origin) -> MlcloudError | None:
+    """A botocore exception → the matching mlcloud error; anything else → ``None``."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        return _client_error(exc, origin)
+    name = type(exc).__name__
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+        return origin.error(
+            AuthError, f"no usable AWS credentials ({name})", code=name, hint=_HINTS[AuthError]
+        )
+    if isinstance(exc, _token_errors(bx)):
+        return origin.error(
+            AuthError, f"AWS login expired ({name})", code=name, hint="run: aws sso login"
+        )
+    if isinstance(exc, (bx.ProfileNotFound, bx.NoRegionError, bx.InvalidConfigError)):
+        return ConfigError(str(exc), hint="check the AWS profile/region in the sagemaker profile")
+    if isinstance(exc, _unreachable(bx)):
+        return origin.error(
+            Transient, f"cannot reach AWS: {exc}", code=name, hint=_HINTS[Transient]
+        )
+    if isinstance(exc, bx.ParamValidationError):
+        return origin.error(ProviderError, f"invalid AWS request: {exc}", code="ParamValidation")
+    return None
+
+
+def _token_errors(bx: object) -> tuple[type[Exception], ...]:
+    names = ("TokenRetrievalError", "SSOTokenLoadError", "UnauthorizedSSOTokenError")
+    return tuple(getattr(bx, n) for n in names if hasattr(bx, n))
+
+
+def _unreachable(bx: object) -> tuple[type[Exception], ...]:
+    names = (
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "HTTPClientError",
+    )
+    return tuple(getattr(bx, n) for n in names)
+
+
+def _client_error(err: ClientError, origin: Origin) -> ProviderError:
+    """A ``ClientError`` (the service answered with an error) → a ProviderError subclass."""
+    error = err.response.get("Error", {})
     code = str(error.get("Code") or "Unknown")
     message = str(error.get("Message") or err)
     status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     text = f"{code}: {message}"
     if code in _THROTTLED:
-        return Throttled(text, provider=PROVIDER, code=code, hint=_HINTS[Throttled])
+        return origin.error(Throttled, text, code=code, hint=_HINTS[Throttled])
     if code in _QUOTA:
-        m = _QUOTA_NAME.search(message)
+        found = _QUOTA_NAME.search(message)
         return QuotaExceeded(
             text,
-            provider=PROVIDER,
+            provider_type=origin.provider_type,
+            profile=origin.profile,
+            quota=found.group(1) if found else None,
             code=code,
-            quota=m.group(1) if m else None,
             hint=_HINTS[QuotaExceeded],
         )
     if code in _AUTH:
-        return AuthError(text, provider=PROVIDER, code=code, hint=_HINTS[AuthError])
+        return origin.error(AuthError, text, code=code, hint=_HINTS[AuthError])
     if code in _DENIED or status == 403:
-        return PermissionDenied(text, provider=PROVIDER, code=code, hint=_HINTS[PermissionDenied])
+        return origin.error(PermissionDenied, text, code=code, hint=_HINTS[PermissionDenied])
     if code in _NOT_FOUND or status == 404:
-        return NotFound(text, provider=PROVIDER, code=code)
+        return origin.error(NotFound, text, code=code)
     if code in _CONFLICT:
-        return Conflict(text, provider=PROVIDER, code=code)
-    if code in ("ValidationException", "ValidationError"):
+        return origin.error(Conflict, text, code=code)
+    if code in _VALIDATION:
         if _VALIDATION_NOT_FOUND.search(message):
-            return NotFound(text, provider=PROVIDER, code=code)
+            return origin.error(NotFound, text, code=code)
         if _VALIDATION_CONFLICT.search(message):
-            return Conflict(text, provider=PROVIDER, code=code)
-        return ProviderError(text, provider=PROVIDER, code=code)
+            return origin.error(Conflict, text, code=code)
+        return origin.error(ProviderError, text, code=code)
     if code in _TRANSIENT or status >= 500:
-        return Transient(text, provider=PROVIDER, code=code, hint=_HINTS[Transient])
-    return ProviderError(text, provider=PROVIDER, code=code)
-
-
-def map_error(err: BaseException) -> MlcloudError:
-    """Any exception raised while talking to AWS → an MlcloudError (never a bare SDK error)."""
-    if isinstance(err, MlcloudError):
-        return err
-    from botocore import exceptions as bx
-
-    if isinstance(err, bx.ClientError):
-        return map_client_error(err)
-    if isinstance(err, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-        return AuthError(
-            f"no usable AWS credentials ({type(err).__name__})",
-            provider=PROVIDER,
-            code=type(err).__name__,
-            hint=_HINTS[AuthError],
-        )
-    token_errors = tuple(
-        getattr(bx, name)
-        for name in ("TokenRetrievalError", "SSOTokenLoadError", "UnauthorizedSSOTokenError")
-        if hasattr(bx, name)
-    )
-    if token_errors and isinstance(err, token_errors):
-        return AuthError(
-            f"AWS login expired ({type(err).__name__})",
-            provider=PROVIDER,
-            code=type(err).__name__,
-            hint="run: aws sso login",
-        )
-    if isinstance(err, (bx.ProfileNotFound, bx.NoRegionError, bx.InvalidConfigError)):
-        return ConfigError(str(err), hint="check the AWS profile/region in the sagemaker profile")
-    if isinstance(
-        err,
-        (
-            bx.EndpointConnectionError,
-            bx.ConnectTimeoutError,
-            bx.ReadTimeoutError,
-            bx.ConnectionClosedError,
-            bx.HTTPClientError,
-        ),
-    ):
-        return Transient(
-            f"cannot reach AWS: {err}",
-            provider=PROVIDER,
-            code=type(err).__name__,
-            hint=_HINTS[Transient],
-        )
-    if isinstance(err, bx.ParamValidationError):
-        return ProviderError(
-            f"invalid AWS request: {err}", provider=PROVIDER, code="ParamValidation"
-        )
-    return ProviderError(
-        f"unexpected {type(err).__name__}: {err}", provider=PROVIDER, code=type(err).__name__
-    )
-
-
-def mapped(fn: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a public provider method so that only MlcloudError escapes it."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except MlcloudError:
-            raise
-        except Exception as e:
-            raise map_error(e) from e
-
-    return wrapper
-
-
-def is_transient(err: BaseException) -> bool:
-    return isinstance(map_error(err), Transient)
+        return origin.error(Transient, text, code=code, hint=_HINTS[Transient])
+    return origin.error(ProviderError, text, code=code)

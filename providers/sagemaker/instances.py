@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mlcloud.errors import SpecError, UnsupportedFeature
 from mlcloud.specs import Resources
+
+if TYPE_CHECKING:
+    from providers.common.catalog import InstanceType
 
 CATALOG = Path(__file__).with_name("catalog.csv")
 DEFAULT_TYPE = "ml.m5.large"
 
 
 @functools.cache
-def catalog() -> list[Any]:
+def catalog() -> list[InstanceType]:
     from providers.common.catalog import load_catalog
 
     return load_catalog(CATALOG)

@@ -1,41 +1,31 @@
-"""SageMakerProvider: portable jobs and deployments on Amazon SageMaker through boto3."""
+"""SageMakerProvider: portable jobs and deployments on Amazon SageMaker through boto3.
+
+The hooks only delegate: planning is ``job_plan.py`` / ``endpoint_plan.py`` (pure), the side
+effects ``jobs.py`` / ``endpoints.py``, the SDK clients ``clients.py`` and the one error mapping
+``errors.py``. Each module is imported inside its hook, and boto3 on the first AWS call, so
+importing this class (``mlcloud train --dry-run``) loads no AWS SDK.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mlcloud.config import profile_settings
-from mlcloud.errors import MlcloudError
-from mlcloud.provider import (
-    Capability,
-    EndpointRecord,
-    JobRecord,
-    Plan,
-    PlanStep,
-    Provider,
-    new_job_id,
-)
-from providers.sagemaker.errors import map_error, mapped
+from mlcloud.provider import Capability, Provider
+from providers.sagemaker import errors
 from providers.sagemaker.settings import SageMakerSettings
 
 if TYPE_CHECKING:
-    from mlcloud.config import Profile
+    from mlcloud.records import EndpointRecord, JobRecord, Plan
     from mlcloud.specs import Deployment, TrainingJob
-    from mlcloud.store import Store
     from providers.sagemaker.clients import Clients
-    from providers.sagemaker.endpoints import Endpoints
-    from providers.sagemaker.jobs import Jobs
 
 
-class SageMakerProvider(Provider):
-    """Training jobs (CreateTrainingJob) and real-time endpoints on SageMaker.
-
-    Nothing heavy is imported with this module: boto3 loads on the first AWS call.
-    """
+class SageMakerProvider(Provider[SageMakerSettings]):
+    """Training jobs (CreateTrainingJob) and real-time endpoints on SageMaker."""
 
     type: ClassVar[str] = "sagemaker"
-    install: ClassVar[str | None] = "pip install 'mlcloud[aws]'"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.MULTI_NODE,
@@ -49,93 +39,65 @@ class SageMakerProvider(Provider):
             Capability.REGISTRY,
         }
     )
+    settings_model = SageMakerSettings
+    translate_error = staticmethod(errors.translate)
 
-    def __init__(self, profile: Profile, store: Store) -> None:
-        super().__init__(profile, store)
-        self.settings = profile_settings(SageMakerSettings, profile)
-        self._clients: Clients | None = None
-        self._jobs: Jobs | None = None
-        self._endpoints: Endpoints | None = None
-
-    @property
+    @cached_property
     def clients(self) -> Clients:
-        if self._clients is None:
-            from providers.sagemaker.clients import Clients
+        """One boto3 session and client per service, made on first use (the test seam:
+        ``endpoint_url`` in the profile, or AWS_ENDPOINT_URL)."""
+        from providers.sagemaker.clients import Clients
 
-            self._clients = Clients(self.settings)
-        return self._clients
-
-    @property
-    def jobs(self) -> Jobs:
-        if self._jobs is None:
-            from providers.sagemaker.jobs import Jobs
-
-            self._jobs = Jobs(self)
-        return self._jobs
-
-    @property
-    def endpoints(self) -> Endpoints:
-        if self._endpoints is None:
-            from providers.sagemaker.endpoints import Endpoints
-
-            self._endpoints = Endpoints(self)
-        return self._endpoints
+        return Clients(self.settings)
 
     # ---- jobs --------------------------------------------------------------------------------
-    @mapped
-    def plan_job(self, job: TrainingJob) -> Plan:
-        from providers.sagemaker.plan import build
+    def _plan_job(self, job: TrainingJob) -> Plan[TrainingJob]:
+        from providers.sagemaker import job_plan
 
-        self.check_job(job)
-        job_id = new_job_id(job.name)
-        request, context = build(job, job_id, self.settings, self.where)
-        return Plan(
-            provider=self.name,
-            type=self.type,
-            kind="job",
-            id=job_id,
-            spec=job,
-            steps=(PlanStep("sagemaker.CreateTrainingJob", request),),
-            context=context,
-        )
+        return job_plan.plan_job(self, job)
 
-    @mapped
-    def submit_job(self, plan: Plan) -> JobRecord:
-        return self.jobs.submit(plan)
+    def _submit_job(self, plan: Plan[TrainingJob]) -> JobRecord:
+        from providers.sagemaker import jobs
 
-    @mapped
-    def job_status(self, job_id: str) -> JobRecord:
-        return self.jobs.status(job_id)
+        return jobs.submit(self, plan)
 
-    def job_logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
-        try:
-            yield from self.jobs.logs(job_id, follow)
-        except MlcloudError:
-            raise
-        except Exception as e:
-            raise map_error(e) from e
+    def _job_status(self, record: JobRecord) -> JobRecord:
+        from providers.sagemaker import jobs
 
-    @mapped
-    def cancel_job(self, job_id: str) -> JobRecord:
-        return self.jobs.cancel(job_id)
+        return jobs.status(self, record)
+
+    def _job_logs(self, record: JobRecord, follow: bool) -> Iterator[str]:
+        from providers.sagemaker import jobs
+
+        return jobs.logs(self, record, follow)
+
+    def _cancel_job(self, record: JobRecord) -> JobRecord:
+        from providers.sagemaker import jobs
+
+        return jobs.cancel(self, record)
 
     # ---- endpoints ---------------------------------------------------------------------------
-    @mapped
-    def plan_deploy(self, deployment: Deployment) -> Plan:
-        return self.endpoints.plan(deployment)
+    def _plan_deploy(self, deployment: Deployment) -> Plan[Deployment]:
+        from providers.sagemaker import endpoint_plan
 
-    @mapped
-    def deploy(self, plan: Plan) -> EndpointRecord:
-        return self.endpoints.deploy(plan)
+        return endpoint_plan.plan_deploy(self, deployment)
 
-    @mapped
-    def endpoint_status(self, name: str) -> EndpointRecord:
-        return self.endpoints.status(name)
+    def _deploy(self, plan: Plan[Deployment]) -> EndpointRecord:
+        from providers.sagemaker import endpoints
 
-    @mapped
-    def predict(self, name: str, payload: Any) -> Any:
-        return self.endpoints.predict(name, payload)
+        return endpoints.deploy(self, plan)
 
-    @mapped
-    def undeploy(self, name: str) -> EndpointRecord | None:
-        return self.endpoints.undeploy(name)
+    def _endpoint_status(self, name: str) -> EndpointRecord:
+        from providers.sagemaker import endpoints
+
+        return endpoints.status(self, name)
+
+    def _predict(self, name: str, payload: Any) -> Any:
+        from providers.sagemaker import endpoints
+
+        return endpoints.predict(self, name, payload)
+
+    def _undeploy(self, name: str) -> EndpointRecord | None:
+        from providers.sagemaker import endpoints
+
+        return endpoints.undeploy(self, name)

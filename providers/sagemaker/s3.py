@@ -2,38 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mlcloud.errors import NotFound
-from providers.sagemaker.errors import map_error
+
+if TYPE_CHECKING:
+    from providers.sagemaker.provider import SageMakerProvider
 
 
-def exists(s3: Any, bucket: str, key: str) -> bool:
+def exists(provider: SageMakerProvider, bucket: str, key: str) -> bool:
     try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return True
-    except Exception as e:
-        if isinstance(map_error(e), NotFound):
-            return False
-        raise
+        with provider.mapped():
+            provider.clients.s3.head_object(Bucket=bucket, Key=key)
+    except NotFound:
+        return False
+    return True
 
 
-def put_if_missing(s3: Any, bucket: str, key: str, data: bytes, content_type: str) -> int:
+def put_if_missing(
+    provider: SageMakerProvider, bucket: str, key: str, data: bytes, content_type: str
+) -> int:
     """Upload ``data`` unless the (content-hash) key exists; return the bytes sent."""
-    if exists(s3, bucket, key):
+    if exists(provider, bucket, key):
         return 0
-    s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+    provider.clients.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
     return len(data)
 
 
 def upload_tree_if_missing(
-    s3: Any, bucket: str, key_prefix: str, files: tuple[tuple[str, str], ...]
+    provider: SageMakerProvider, bucket: str, key_prefix: str, files: tuple[tuple[str, str], ...]
 ) -> int:
     """Upload files under ``key_prefix/``; a ``<key_prefix>.complete`` marker written last
     (outside the channel's prefix, so the job never sees it) makes later submits skip it."""
     marker = f"{key_prefix}.complete"
-    if exists(s3, bucket, marker):
+    if exists(provider, bucket, marker):
         return 0
+    s3 = provider.clients.s3
     sent = 0
     for rel, path in files:
         with open(path, "rb") as f:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TypedDict
 
-from mlcloud.provider import EndpointState, JobState
+from mlcloud.records import EndpointState, JobState
 
 _PENDING_SECONDARY = {
     "Starting",
@@ -20,7 +20,29 @@ _RESTARTING_SECONDARY = {"Interrupted", "Restarting"}
 _EXIT_CODE = re.compile(r"exit (?:code|status)[:= ]*(-?\d+)|ExitCode[:= ]*(-?\d+)", re.IGNORECASE)
 
 
-def job_state(desc: dict[str, Any]) -> JobState:
+class StatusTransition(TypedDict, total=False):
+    Status: str
+    StatusMessage: str
+
+
+class ModelArtifacts(TypedDict, total=False):
+    S3ModelArtifacts: str
+
+
+class TrainingJobDescription(TypedDict, total=False):
+    """The fields of ``DescribeTrainingJob`` mlcloud reads."""
+
+    TrainingJobName: str
+    TrainingJobArn: str
+    TrainingJobStatus: str
+    SecondaryStatus: str
+    FailureReason: str
+    ModelArtifacts: ModelArtifacts
+    SecondaryStatusTransitions: list[StatusTransition]
+    BillableTimeInSeconds: int
+
+
+def job_state(desc: TrainingJobDescription) -> JobState:
     status = desc.get("TrainingJobStatus")
     secondary = desc.get("SecondaryStatus", "")
     if status == "Completed":
@@ -39,7 +61,7 @@ def job_state(desc: dict[str, Any]) -> JobState:
     return JobState.RUNNING
 
 
-def job_message(desc: dict[str, Any]) -> str | None:
+def job_message(desc: TrainingJobDescription) -> str | None:
     secondary = desc.get("SecondaryStatus")
     reason = desc.get("FailureReason")
     if secondary in ("MaxRuntimeExceeded", "MaxWaitTimeExceeded"):
@@ -52,7 +74,7 @@ def job_message(desc: dict[str, Any]) -> str | None:
     return str(secondary) if secondary else None
 
 
-def exit_code(desc: dict[str, Any]) -> int | None:
+def exit_code(desc: TrainingJobDescription) -> int | None:
     """The user process's exit code when SageMaker's FailureReason states it."""
     state = job_state(desc)
     if state is JobState.SUCCEEDED:

@@ -1,40 +1,54 @@
-"""The one place where Google API errors become mlcloud errors, and the one retry policy.
+"""Google API errors -> the mlcloud tree (``translate``, the provider's one mapping), and the one
+retry policy for idempotent calls, which tells transient errors apart by the same codes.
 
 GAPIC methods have no default retry, so idempotent reads (get/list) and cancel pass
-:data:`read_retry` explicitly; creates never do (a lost response must not create a second job —
-``jobs.submit_job`` looks the job up by label instead).
+:func:`read_retry` explicitly; creates never do (a lost response must not create a second job:
+``jobs.submit`` looks the job up by label instead).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from mlcloud import errors as e
+from mlcloud.errors import (
+    AuthError,
+    Conflict,
+    MlcloudError,
+    NotFound,
+    Origin,
+    PermissionDenied,
+    ProviderError,
+    QuotaExceeded,
+    Throttled,
+    Transient,
+)
 
-PROVIDER = "vertex"
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.api_core.retry import Retry
+
+# Where the exceptions of the Google SDKs (and the HTTP stack under their REST transport) live;
+# anything else raised inside a provider call is a bug of ours and keeps its traceback.
+_SDK_PACKAGES = frozenset({"google", "requests", "urllib3"})
 # Google's ErrorInfo reason for per-minute request limits; other RESOURCE_EXHAUSTED are quotas.
 _RATE_REASONS = frozenset({"RATE_LIMIT_EXCEEDED", "RATE_LIMITED"})
 _CONFLICT_STATUSES = frozenset({"FAILED_PRECONDITION", "ABORTED", "ALREADY_EXISTS"})
-
+_TRANSIENT = ("ServiceUnavailable", "DeadlineExceeded", "InternalServerError", "BadGateway",
+              "GatewayTimeout")  # fmt: skip
+# REST errors read "POST http://host/v1/<resource>?$alt=...: <message>"
+_REST_MESSAGE = re.compile(r"(GET|POST|PUT|PATCH|DELETE) \S+?/v\d\w*/([^?\s]+)\S*: (.*)", re.S)
 
 READ_RETRY_TIMEOUT = 30.0  # seconds, over all attempts of one idempotent call
 
 
-def read_retry() -> Any:
+def read_retry() -> Retry:
     """Bounded retry for idempotent calls: transient failures only, READ_RETRY_TIMEOUT in all."""
     from google.api_core import exceptions as gexc
     from google.api_core import retry
 
-    transient = (
-        gexc.ServiceUnavailable,
-        gexc.DeadlineExceeded,
-        gexc.InternalServerError,
-        gexc.BadGateway,
-        gexc.GatewayTimeout,
-    )
+    transient = tuple(getattr(gexc, name) for name in _TRANSIENT)
 
     def predicate(exc: Exception) -> bool:
         if isinstance(exc, transient):
@@ -46,127 +60,132 @@ def read_retry() -> Any:
     )
 
 
-def _error_reason(exc: Any) -> str | None:
+def translate(exc: Exception, origin: Origin) -> MlcloudError | None:
+    """One SDK exception (google.api_core, google.auth, requests) -> the mlcloud error; ``None``
+    for anything else, which ``map_exceptions`` then re-raises untouched."""
+    if type(exc).__module__.partition(".")[0] not in _SDK_PACKAGES:
+        return None
+    import requests
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    if isinstance(exc, gexc.RetryError) and isinstance(exc.cause, Exception):
+        return translate(exc.cause, origin)
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return _translate_call(exc, origin)
+    if isinstance(exc, auth_exc.GoogleAuthError):
+        return origin.error(
+            AuthError,
+            f"{origin}: no usable Google credentials ({exc})",
+            hint="run `gcloud auth application-default login` or set "
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        )
+    if isinstance(exc, requests.exceptions.RequestException):
+        return origin.error(Transient, f"{origin}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, gexc.GoogleAPIError):
+        return origin.error(ProviderError, f"{origin}: {exc}")
+    return origin.error(ProviderError, f"{origin}: {type(exc).__name__}: {exc}")
+
+
+def _translate_call(exc: GoogleAPICallError, origin: Origin) -> ProviderError:
+    from google.api_core import exceptions as gexc
+
+    status = _rpc_status(exc)
+    code = status or (str(exc.code) if exc.code else None)
+    message = _message(exc, origin)
+    if status in _CONFLICT_STATUSES:  # over REST these arrive as a plain 400/409
+        return origin.error(Conflict, message, code=code)
+    if isinstance(exc, gexc.Unauthenticated | gexc.Unauthorized):
+        return origin.error(
+            AuthError, message, code=code, hint="refresh credentials: gcloud auth login"
+        )
+    if isinstance(exc, gexc.PermissionDenied | gexc.Forbidden):
+        hint = "grant the caller roles/aiplatform.user on the project"
+        return origin.error(PermissionDenied, message, code=code, hint=hint)
+    if isinstance(exc, gexc.NotFound):
+        return origin.error(NotFound, message, code=code)
+    if isinstance(exc, gexc.AlreadyExists | gexc.Conflict | gexc.FailedPrecondition | gexc.Aborted):
+        return origin.error(Conflict, message, code=code)
+    if isinstance(exc, gexc.TooManyRequests):  # ResourceExhausted is a subclass
+        return _resource_exhausted(exc, origin, message, code)
+    if isinstance(exc, tuple(getattr(gexc, name) for name in _TRANSIENT)):
+        return origin.error(Transient, message, code=code)
+    if isinstance(exc, gexc.InvalidArgument | gexc.BadRequest):
+        hint = "Vertex AI rejected the request"
+        return origin.error(ProviderError, message, code=code, hint=hint)
+    return origin.error(ProviderError, message, code=code)
+
+
+def _resource_exhausted(
+    exc: GoogleAPICallError, origin: Origin, message: str, code: str | None
+) -> ProviderError:
+    """A per-minute rate limit (Throttled, retryable) or a quota (QuotaExceeded, naming it)."""
+    if _error_reason(exc) in _RATE_REASONS:
+        return origin.error(
+            Throttled, message, code=code, hint="retry later or lower the request rate"
+        )
+    quota = _quota_name(exc)
+    return QuotaExceeded(
+        message,
+        provider_type=origin.provider_type,
+        profile=origin.profile,
+        quota=quota,
+        code=code,
+        hint="request more quota in the Cloud console (IAM & Admin > Quotas)"
+        + (f" for {quota}" if quota else ""),
+    )
+
+
+def _message(exc: GoogleAPICallError, origin: Origin) -> str:
+    """Google's message, naming the call but not the host: ``vertex: <message> (GET <name>)``."""
+    text = str(exc.message)
+    rest = _REST_MESSAGE.fullmatch(text)
+    if rest is None:
+        return f"{origin}: {text}"
+    method, resource, message = rest.groups()
+    return f"{origin}: {message} ({method} {resource})"
+
+
+def _error_reason(exc: object) -> str | None:
     reason = getattr(exc, "reason", None)
     return str(reason) if reason else None
 
 
-def _quota_name(exc: Any) -> str | None:
+def _quota_name(exc: GoogleAPICallError) -> str | None:
     metadata = getattr(exc, "metadata", None) or {}
     for key in ("quota_metric", "quota_limit", "quota_id"):
         if metadata.get(key):
             return str(metadata[key])
     # google.rpc.QuotaFailure: a dict over REST, a message over gRPC
-    for detail in getattr(exc, "details", None) or ():
+    for detail in exc.details or ():
         violations = (
             detail.get("violations")
-            if isinstance(detail, dict)
+            if isinstance(detail, Mapping)
             else getattr(detail, "violations", None)
         )
         for violation in violations or ():
-            subject = violation.get("subject") if isinstance(violation, dict) else violation.subject
+            subject = (
+                violation.get("subject")
+                if isinstance(violation, Mapping)
+                else getattr(violation, "subject", None)
+            )
             if subject:
                 return str(subject)
     return None
 
 
-def _rpc_status(exc: Any) -> str | None:
+def _rpc_status(exc: GoogleAPICallError) -> str | None:
     """The google.rpc.Code name: gRPC carries it; over REST it is the body's error.status."""
     name = getattr(exc.grpc_status_code, "name", None)
     if name:
         return str(name)
-    response = getattr(exc, "response", None)
-    try:
-        status = response.json().get("error", {}).get("status")  # type: ignore[union-attr]
-    except (AttributeError, ValueError, TypeError):
+    read_json = getattr(exc.response, "json", None)
+    if read_json is None:
         return None
+    try:
+        body = read_json()
+    except (ValueError, TypeError):
+        return None
+    error = body.get("error") if isinstance(body, Mapping) else None
+    status = error.get("status") if isinstance(error, Mapping) else None
     return str(status) if status else None
-
-
-def translate(exc: BaseException, what: str) -> e.MlcloudError:
-    """Map one SDK exception (google.api_core, google.auth, requests) onto the mlcloud tree."""
-    from google.api_core import exceptions as gexc
-
-    if isinstance(exc, gexc.RetryError) and exc.cause is not None:
-        return translate(exc.cause, what)
-    if isinstance(exc, gexc.GoogleAPICallError):
-        return _translate_call(exc, what, gexc)
-    try:
-        from google.auth import exceptions as auth_exc
-    except ImportError:  # pragma: no cover - google-auth comes with api_core
-        auth_exc = None  # type: ignore[assignment]
-    if auth_exc is not None and isinstance(exc, auth_exc.GoogleAuthError):
-        return e.AuthError(
-            f"{what}: no usable Google credentials ({exc})",
-            provider=PROVIDER,
-            hint="run `gcloud auth application-default login` or set "
-            "GOOGLE_APPLICATION_CREDENTIALS",
-        )
-    import requests
-
-    if isinstance(exc, requests.exceptions.RequestException):
-        return e.Transient(f"{what}: {type(exc).__name__}: {exc}", provider=PROVIDER)
-    if isinstance(exc, gexc.GoogleAPIError):
-        return e.ProviderError(f"{what}: {exc}", provider=PROVIDER)
-    return e.ProviderError(f"{what}: {type(exc).__name__}: {exc}", provider=PROVIDER)
-
-
-def _translate_call(exc: Any, what: str, gexc: Any) -> e.ProviderError:
-    status = _rpc_status(exc)
-    code = status or (str(exc.code) if exc.code else None)
-    # REST errors read "POST http://host/v1/...?$alt=...: message": keep the message
-    message = f"{what}: {str(exc.message).rpartition(': ')[2] or exc.message}"
-    kw: dict[str, Any] = {"provider": PROVIDER, "code": code}
-    if status in _CONFLICT_STATUSES:  # over REST these arrive as a plain 400/409
-        return e.Conflict(message, **kw)
-    if isinstance(exc, gexc.Unauthenticated | gexc.Unauthorized):
-        return e.AuthError(message, hint="refresh credentials: gcloud auth login", **kw)
-    if isinstance(exc, gexc.PermissionDenied | gexc.Forbidden):
-        return e.PermissionDenied(
-            message, hint="grant the caller roles/aiplatform.user on the project", **kw
-        )
-    if isinstance(exc, gexc.NotFound):
-        return e.NotFound(message, **kw)
-    if isinstance(exc, gexc.AlreadyExists | gexc.Conflict | gexc.FailedPrecondition | gexc.Aborted):
-        return e.Conflict(message, **kw)
-    if isinstance(exc, gexc.TooManyRequests):  # ResourceExhausted is a subclass
-        if _error_reason(exc) in _RATE_REASONS:
-            return e.Throttled(message, hint="retry later or lower the request rate", **kw)
-        quota = _quota_name(exc)
-        return e.QuotaExceeded(
-            message,
-            quota=quota,
-            hint="request more quota in the Cloud console (IAM & Admin > Quotas)"
-            + (f" for {quota}" if quota else ""),
-            **kw,
-        )
-    transient = (
-        gexc.ServiceUnavailable,
-        gexc.DeadlineExceeded,
-        gexc.InternalServerError,
-        gexc.BadGateway,
-        gexc.GatewayTimeout,
-    )
-    if isinstance(exc, transient):
-        return e.Transient(message, **kw)
-    if isinstance(exc, gexc.InvalidArgument | gexc.BadRequest):
-        return e.ProviderError(message, hint="Vertex AI rejected the request", **kw)
-    return e.ProviderError(message, **kw)
-
-
-@contextmanager
-def mapped(what: str) -> Iterator[None]:
-    """Re-raise any SDK error inside the block as the matching mlcloud error."""
-    try:
-        yield
-    except e.MlcloudError:
-        raise
-    except Exception as exc:
-        if type(exc).__module__.split(".")[0] not in ("google", "requests", "urllib3"):
-            raise  # a bug of ours, not an SDK error: keep its traceback
-        raise translate(exc, what) from exc
-
-
-def call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    with mapped(what):
-        return fn(*args, **kwargs)

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mlcloud.errors import Conflict
-from providers.vertex.errors import mapped, read_retry
+from providers.vertex.errors import read_retry
+
+if TYPE_CHECKING:
+    from providers.vertex.provider import VertexProvider
 
 MARKER = ".mlcloud-complete"  # written last, so its presence means the whole prefix is there
 
 
-def exists(bucket: Any, key: str) -> bool:
-    with mapped(f"checking gs://{bucket.name}/{key}"):
-        return bool(bucket.blob(key).exists(retry=read_retry()))
+def exists(provider: VertexProvider, key: str) -> bool:
+    return bool(provider.clients.bucket.blob(key).exists(retry=read_retry()))
 
 
-def put_if_absent(bucket: Any, key: str, data: bytes, content_type: str | None = None) -> int:
+def put_if_absent(
+    provider: VertexProvider, key: str, data: bytes, content_type: str | None = None
+) -> int:
     """Upload ``data`` unless the object exists; returns the bytes sent (0 when it was there)."""
     from google.api_core import exceptions as gexc
 
-    if exists(bucket, key):
+    if exists(provider, key):
         return 0
-    blob = bucket.blob(key)
+    blob = provider.clients.bucket.blob(key)
     try:
-        with mapped(f"uploading gs://{bucket.name}/{key}"):
+        with provider.mapped():
             # if_generation_match=0: create-only, so a concurrent identical upload is harmless
             blob.upload_from_string(
                 data, content_type=content_type or "application/octet-stream", if_generation_match=0
@@ -36,11 +41,13 @@ def put_if_absent(bucket: Any, key: str, data: bytes, content_type: str | None =
     return len(data)
 
 
-def put_files_if_absent(bucket: Any, files: list[tuple[str, str]], prefix: str) -> int:
+def put_files_if_absent(
+    provider: VertexProvider, files: Iterable[tuple[str, str]], prefix: str
+) -> int:
     """Upload ``(local path, key)`` pairs of one content-hashed ``prefix``; marker-guarded."""
     marker = f"{prefix}/{MARKER}"
-    if exists(bucket, marker):
+    if exists(provider, marker):
         return 0
-    sent = sum(put_if_absent(bucket, key, Path(path).read_bytes()) for path, key in files)
-    put_if_absent(bucket, marker, b"", content_type="text/plain")
+    sent = sum(put_if_absent(provider, key, Path(path).read_bytes()) for path, key in files)
+    put_if_absent(provider, marker, b"", content_type="text/plain")
     return sent

@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlcloud.errors import UnsupportedFeature
 
 if TYPE_CHECKING:
     from mlcloud.specs import Resources
     from providers.common.catalog import InstanceType
+    from providers.vertex.protojson import MachineSpec
 
 CATALOG = Path(__file__).with_name("catalog.csv")
 # mlcloud GPU names (resources.accelerators "T4:1") -> Vertex AcceleratorType enum names
@@ -35,9 +36,9 @@ class Machine:
     accelerator_type: str | None  # Vertex enum name
     accelerator_count: int
 
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> MachineSpec:
         """proto-JSON of aiplatform_v1.MachineSpec."""
-        out: dict[str, Any] = {"machineType": self.machine_type}
+        out: MachineSpec = {"machineType": self.machine_type}
         if self.accelerator_type and self.accelerator_count:
             out["acceleratorType"] = self.accelerator_type
             out["acceleratorCount"] = self.accelerator_count

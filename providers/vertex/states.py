@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mlcloud.provider import JobState
+from mlcloud.records import JobState
 
 JOB_STATES = {
     "JOB_STATE_UNSPECIFIED": JobState.PENDING,

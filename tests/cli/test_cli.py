@@ -106,3 +106,32 @@ def test_undeploy_unknown_is_idempotent() -> None:
 def test_debug_shows_traceback(tmp_path: Path) -> None:
     out = run("--debug", "logs", "nope-000000")
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def _custom_model(root: Path) -> Path:
+    from mlcloud import modeldir
+
+    src = root / "src"
+    src.mkdir(parents=True)
+    (src / "pred.py").write_text("class P:\n    def predict(self, rows):\n        return rows\n")
+    return modeldir.save(src, "custom", root / "model", predictor="pred:P")
+
+
+def test_image_build_reports_a_tampered_model_as_the_model_error(tmp_path: Path) -> None:
+    # It once said "Invalid value for --tag: model file pred.py does not match ..." (an
+    # `except ValueError` meant for the tag caught the model error).
+    model = _custom_model(tmp_path)
+    (model / "pred.py").write_text("tampered = True\n")
+    out = run("image", "build", str(model), "--tag", "mlcloud-iris")
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith("error: model file pred.py does not match mlcloud-model.yaml")
+    assert "--tag" not in out.stderr and "Invalid value" not in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_image_build_bad_tag_is_bad_input(tmp_path: Path) -> None:
+    model = _custom_model(tmp_path)
+    out = run("image", "build", str(model), "--tag", "Bad Tag!")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error: image tag 'Bad Tag!' must be name[:version]")
+    assert "hint: e.g. --tag mlcloud-iris" in out.stderr

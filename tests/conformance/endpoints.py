@@ -14,20 +14,26 @@ Hooks a subclass provides:
 * ``settle_endpoint(provider, record)`` -> drive a deploy to its end: a real backend has
   already waited for readiness; a fake backend flips the endpoint the way the cloud would
 * ``unsupported_deployment(model)`` -> a deployment using a feature the provider lacks, or ``None``
+* ``received_deploy(provider, plan, record)`` -> what the far end received for this deploy, as
+  ``[(call, request), ...]`` in the plan's own format; the shared test asserts it equals
+  ``plan.steps`` (see the job half)
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from mlcloud import modeldir
-from mlcloud.errors import MlcloudError, NotFoundLocally, Transient, UnsupportedFeature
-from mlcloud.provider import EndpointRecord, EndpointState, Plan, Provider
+from mlcloud.errors import MlcloudError, NotFoundLocally, SpecError, Transient, UnsupportedFeature
+from mlcloud.provider import Provider
+from mlcloud.records import EndpointRecord, EndpointState, Plan
 from mlcloud.specs import Deployment
+from tests.conformance.jobs import Sent, planned
 
 PAYLOAD: dict[str, Any] = {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
 BAD_PAYLOADS: tuple[Any, ...] = (
@@ -55,10 +61,10 @@ def make_custom_model(root: Path, answer: str) -> Path:
     )
 
 
-def _normalised(plan: Plan) -> str:
+def _normalised(plan: Plan[Any]) -> str:
     text = plan.to_json()
-    for port in plan.context.get("ports", ()):
-        text = text.replace(str(port), "<port>")
+    for value in plan.volatile:
+        text = text.replace(value, "<volatile>")
     return text
 
 
@@ -83,6 +89,11 @@ class EndpointConformance:
 
     def unsupported_deployment(self, model: str) -> Deployment | None:
         return None
+
+    def received_deploy(
+        self, provider: Provider, plan: Plan[Deployment], record: EndpointRecord
+    ) -> Sent:
+        raise NotImplementedError
 
     @staticmethod
     def predictions(result: Any) -> list[Any]:
@@ -114,6 +125,26 @@ class EndpointConformance:
         with pytest.raises(UnsupportedFeature) as err:
             provider.plan_deploy(deployment)
         assert err.value.provider.startswith(provider.type)
+
+    def test_far_end_received_the_plan(self, provider: Provider, tmp_path: Path) -> None:
+        name = self.endpoint_name + "-sent"
+        plan = provider.plan_deploy(self.make_deployment(name, self.model_uri(tmp_path, "a")))
+        try:
+            record = provider.deploy(plan)
+            assert self.received_deploy(provider, plan, record) == planned(plan)
+        finally:
+            provider.undeploy(name)
+
+    def test_plan_from_another_provider_is_refused(
+        self, provider: Provider, tmp_path: Path
+    ) -> None:
+        plan = provider.plan_deploy(
+            self.make_deployment(self.endpoint_name, self.model_uri(tmp_path, "a"))
+        )
+        for forged in (replace(plan, provider=plan.provider + "-other"), replace(plan, kind="job")):
+            with pytest.raises(SpecError):
+                provider.deploy(forged)
+        assert provider.list_endpoints() == []
 
     # ---- unknown endpoints -------------------------------------------------------------------
     def test_unknown_endpoint_is_a_clear_error(self, provider: Provider) -> None:

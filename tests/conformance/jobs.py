@@ -13,29 +13,43 @@ Hooks a subclass provides:
 * ``settle(provider, record, behaviour)`` -> drive the job to its natural end: a real backend
   waits; a fake backend flips the job's state the way the cloud would (and seeds its logs)
 * ``unsupported_job(tmp_path)`` -> a job using a feature the provider lacks, or ``None``
+* ``received(provider, plan, record)`` -> what the far end received for this submission, as
+  ``[(call, request), ...]`` decoded from the wire into the plan's own format (boto3 kwargs,
+  proto-JSON, REST body, argv/env/cwd). The shared test asserts it equals ``plan.steps``: a
+  provider that sends something other than what ``--dry-run`` printed fails here.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
-from mlcloud.errors import MlcloudError, SpecError, UnsupportedFeature
-from mlcloud.provider import JobRecord, JobState, Plan, Provider
-from mlcloud.specs import TrainingJob, validate_spec
+from mlcloud.errors import SpecError, UnsupportedFeature
+from mlcloud.provider import Provider
+from mlcloud.records import JobRecord, JobState, Plan, jsonable
+from mlcloud.specs import TrainingJob
 
 LOG_LINE = "hello from mlcloud conformance"
 
 
-def _normalised(plan: Plan) -> str:
+Sent = list[tuple[str, Any]]
+
+
+def _normalised(plan: Plan[Any]) -> str:
     text = plan.to_json().replace(plan.id, "<id>")
-    for port in plan.context.get("ports", ()):
-        text = text.replace(str(port), "<port>")
+    for value in plan.volatile:
+        text = text.replace(value, "<volatile>")
     return text
+
+
+def planned(plan: Plan[Any]) -> Sent:
+    """The plan's calls as the far end should receive them (JSON types)."""
+    return [(step.call, jsonable(step.request)) for step in plan.steps]
 
 
 class JobConformance:
@@ -52,6 +66,9 @@ class JobConformance:
 
     def unsupported_job(self, tmp_path: Path) -> TrainingJob | None:
         return None
+
+    def received(self, provider: Provider, plan: Plan[TrainingJob], record: JobRecord) -> Sent:
+        raise NotImplementedError
 
     # ---- helpers -----------------------------------------------------------------------------
     @staticmethod
@@ -95,10 +112,24 @@ class JobConformance:
             provider.plan_job(job)
         assert err.value.provider.startswith(provider.type)
 
-    def test_bad_spec_is_a_spec_error(self) -> None:
-        with pytest.raises(SpecError) as err:
-            validate_spec(TrainingJob, {"name": "Bad Name", "command": []}, "job")
-        assert "name" in str(err.value) and "command" in str(err.value)
+    def test_plan_from_another_provider_is_refused(
+        self, provider: Provider, tmp_path: Path
+    ) -> None:
+        plan = provider.plan_job(self.make_job(tmp_path, "succeed"))
+        for forged in (
+            replace(plan, provider=plan.provider + "-other"),
+            replace(plan, type=plan.type + "x"),
+            replace(plan, kind="deploy"),
+        ):
+            with pytest.raises(SpecError, match="made by"):
+                provider.submit_job(forged)
+        assert provider.store.list_jobs(provider=provider.name) == []
+
+    # ---- what reached the far end ------------------------------------------------------------
+    def test_far_end_received_the_plan(self, provider: Provider, tmp_path: Path) -> None:
+        plan = provider.plan_job(self.make_job(tmp_path, "succeed"))
+        record = provider.submit_job(plan)
+        assert self.received(provider, plan, record) == planned(plan)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def test_submit_status_logs_succeed(self, provider: Provider, tmp_path: Path) -> None:
@@ -137,7 +168,3 @@ class JobConformance:
         record = provider.submit_job(provider.plan_job(job))
         self.settle(provider, record, "succeed")
         assert provider.cancel_job(record.id).state is JobState.SUCCEEDED
-
-    def test_unknown_job_is_a_clear_error(self, provider: Provider) -> None:
-        with pytest.raises(MlcloudError):
-            provider.job_status("no-such-job-000000")

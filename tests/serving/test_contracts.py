@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mlcloud import modeldir
+from mlcloud.errors import ConfigError, ModelError
 from serving.batching import MicroBatcher, Overloaded
 from serving.contracts import ContractError, locate_model_dir, resolve
 from serving.entrypoint import command
@@ -58,9 +59,22 @@ def test_azureml() -> None:
 def test_invalid_settings() -> None:
     with pytest.raises(ContractError, match="must be one of"):
         resolve({"MLCLOUD_SERVING_CONTRACT": "heroku"})
-    with pytest.raises(ContractError, match="not a port"):
+    with pytest.raises(ContractError, match="not a port") as err:
         resolve({"AIP_HTTP_PORT": "http"})
+    assert isinstance(err.value, ConfigError)  # an environment problem, in mlcloud's tree
     assert resolve({}).model_dir is None  # importable for `bentoml build`; fatal at load
+
+
+def test_entrypoint_reports_a_bad_environment_in_one_line() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLCLOUD_SERVING_CONTRACT": "heroku"}
+    out = subprocess.run([sys.executable, "-m", "serving.entrypoint", "serve"], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("mlcloud serving: error: MLCLOUD_SERVING_CONTRACT='heroku'")
 
 
 def test_locate_model_dir_one_level_down(tmp_path: Path) -> None:
@@ -84,10 +98,12 @@ def test_signature_inference_and_checks(tmp_path: Path) -> None:
     }
     assert modeldir.infer_signature([[1, 2], [3, 4]])["inputs"]["dtype"] == "int64"  # type: ignore[index]
     assert modeldir.infer_signature([{"a": 1}]) is None
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(modeldir.ModelDirError, match="dtype must be one of"):
         modeldir.check_signature({"inputs": {"dtype": "complex"}})
-    with pytest.raises(ValueError, match="shape must be"):
+    with pytest.raises(modeldir.ModelDirError, match="shape must be"):
         modeldir.check_signature({"inputs": {"shape": [0, 3]}})
+    with pytest.raises(ModelError, match="framework must be one of"):  # saving, too
+        modeldir.save(None, "tensorflow", tmp_path / "m")
 
 
 def test_micro_batcher_stacks_waiting_requests_and_splits_answers() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mlcloud.errors import ModelError, SpecError
 from mlcloud.modeldir import ModelDirError
 from serving.image import ImageResult, build_image
 from tests.conftest import MLCLOUD
@@ -60,12 +61,13 @@ def test_dockerfile_uses_the_contract_entrypoint(built: tuple[ImageResult, Path]
 
 
 def test_bad_tag_and_tampered_model_fail_before_building(tmp_path: Path, iris_dir: Path) -> None:
-    with pytest.raises(ValueError, match="name\\[:version\\]"):
+    with pytest.raises(SpecError, match="name\\[:version\\]"):
         build_image(iris_dir, "Bad Tag!", bentoml_home=tmp_path)
     shutil.copytree(iris_dir, tmp_path / "m")
     (tmp_path / "m" / "model.skops").write_bytes(b"not the model")
-    with pytest.raises(ModelDirError, match="does not match"):
+    with pytest.raises(ModelDirError, match="does not match") as err:
         build_image(tmp_path / "m", "x", bentoml_home=tmp_path)
+    assert isinstance(err.value, ModelError) and not isinstance(err.value, ValueError)
 
 
 def test_cli_image_build(tmp_path: Path, iris_dir: Path) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlcloud.config import STARTER, load_config, profile_settings, user_config_path
+from mlcloud import api, registry
+from mlcloud.config import IMPLIED, STARTER, load_config, profile_settings, user_config_path
 from mlcloud.errors import ConfigError
 
 
@@ -62,7 +63,6 @@ def test_mlcloud_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     ("text", "fragment"),
     [
         ("profiles: {a: {region: x}}", "needs a 'type'"),
-        ("profiles: {a: {type: openstack}}", "unknown type 'openstack'"),
         ("colour: blue", "unknown keys"),
         ("profiles: [a, b]", "mapping"),
         ("default: [x]", "'default'"),
@@ -76,12 +76,37 @@ def test_bad_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, 
         load_config()
 
 
+def test_unknown_profile_type_is_rejected_when_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # config only reads the file (it knows no provider types); the registry checks every
+    # profile's type when a provider is resolved, naming the file and the known types.
+    (tmp_path / "mlcloud.yaml").write_text("profiles: {a: {type: openstack}, b: {type: local}}")
+    monkeypatch.chdir(tmp_path)
+    config = load_config()
+    assert config.profiles["a"].type == "openstack"
+    for resolve in (
+        lambda: registry.resolve_profile(config, "b"),  # any profile: the file is wrong
+        lambda: api.resolve_profile("a"),
+        lambda: api.get_provider(),
+    ):
+        with pytest.raises(ConfigError, match="unknown type 'openstack'") as err:
+            resolve()
+        assert str(tmp_path / "mlcloud.yaml") in err.value.message
+        assert "sagemaker" in (err.value.hint or "") and "local" in (err.value.hint or "")
+
+
 def test_unknown_profile_lists_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_config(tmp_path / "mlcloud.yaml", "a", a={"type": "local"})
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError) as err:
-        load_config().resolve("nope")
-    assert "a" in (err.value.hint or "") and "sagemaker" in (err.value.hint or "")
+    implied = load_config().resolve("nope")  # a bare name: a provider type, checked later
+    assert (implied.name, implied.type, implied.source) == ("nope", "nope", IMPLIED)
+    for resolve in (lambda: registry.resolve_profile(load_config(), "nope"),
+                    lambda: api.get_provider("nope")):  # fmt: skip
+        with pytest.raises(ConfigError, match="unknown provider or profile 'nope'") as err:
+            resolve()
+        assert "a" in (err.value.hint or "") and "sagemaker" in (err.value.hint or "")
+    assert registry.resolve_profile(load_config(), "vertex").type == "vertex"
 
 
 def test_starter_file_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

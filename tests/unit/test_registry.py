@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from mlcloud import registry
 from mlcloud.config import Profile
 from mlcloud.errors import ProviderUnavailable
 from mlcloud.store import Store
-from tests.conftest import MLCLOUD
+from tests.conftest import MLCLOUD, REPO
 
 PLUGIN_SRC = Path(__file__).parent / "plugin_src" / "mlcloud_testplugin"
 
@@ -114,3 +115,77 @@ def test_provider_with_missing_sdk_is_unavailable_with_pip_line(
     with pytest.raises(ProviderUnavailable) as err:
         registry.provider_class("sagemaker")
     assert err.value.hint == "install it with: pip install 'mlcloud[aws]'"
+
+
+# ---- a user's own `providers` / `serving` package must not stand in for mlcloud's ------------
+SHADOW = """\
+from pathlib import Path
+Path(__file__).with_name("IMPORTED").write_text("the shadowing package's code ran")
+"""
+
+
+def shadowing_dir(root: Path, package: str) -> Path:
+    """A project directory holding the user's own ``package`` (as in a notebook's cwd)."""
+    (root / package).mkdir(parents=True)
+    (root / package / "__init__.py").write_text(SHADOW)
+    return root
+
+
+def test_shadowing_providers_package_is_refused_before_it_runs(tmp_path: Path) -> None:
+    project = shadowing_dir(tmp_path / "project", "providers")
+    code = (
+        "from mlcloud import registry\n"
+        "from mlcloud.errors import ShadowedPackage\n"
+        "try:\n"
+        "    registry.provider_class('local')\n"
+        "except ShadowedPackage as e:\n"
+        "    print(e.message); print(e.hint)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(project)}  # first on sys.path
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    message, hint = out.stdout.splitlines()
+    assert message.startswith(f"the import name 'providers' is taken by {project / 'providers'}")
+    assert str(REPO / "providers") in message and "rename your 'providers'" in hint
+    assert not (project / "providers" / "IMPORTED").exists()  # only looked at, never imported
+
+
+def test_cli_reports_a_shadowing_package(tmp_path: Path) -> None:
+    project = shadowing_dir(tmp_path, "providers")  # the notebook/project dir is the cwd
+    job = str(REPO / "examples/iris/job.yaml")
+    out = subprocess.run([*MLCLOUD, "train", job, "--dry-run"], cwd=project,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"error: the import name 'providers' is taken by {project}")
+    assert "hint: rename your 'providers' package" in out.stderr and "Traceback" not in out.stderr
+    listed = subprocess.run([*MLCLOUD, "providers", "-o", "json"], cwd=project,
+                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    data = json.loads(listed.stdout)
+    assert any(f"{project / 'providers'} shadows" in w for w in data["warnings"])
+    assert not next(p for p in data["providers"] if p["type"] == "local")["installed"]
+    assert not (project / "providers" / "IMPORTED").exists()
+
+
+def test_shadowing_serving_package_is_refused(tmp_path: Path) -> None:
+    project = shadowing_dir(tmp_path, "serving")
+    model = tmp_path / "model"
+    model.mkdir()
+    out = subprocess.run([*MLCLOUD, "image", "build", str(model)], cwd=project,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"error: the import name 'serving' is taken by {project}")
+    assert not (project / "serving" / "IMPORTED").exists()
+
+
+def test_own_packages_are_not_shadowed() -> None:
+    assert registry.shadowing("providers") is None and registry.shadowing("serving") is None
+    registry.check_not_shadowed("providers.local")  # no error
+    registry.check_not_shadowed("mlcloud_testplugin")  # not one of ours: not checked
+
+
+def test_serving_target_names_the_serve_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = registry.ServingTarget("serving.image:build_image", ("no_such_sdk_xyz",))
+    with pytest.raises(ProviderUnavailable, match="no_such_sdk_xyz is not installed") as err:
+        registry.serving_target(target)
+    assert err.value.hint == "install it with: pip install 'mlcloud[serve]'"
+    assert callable(registry.serving_target(registry.BUILD_IMAGE))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlcloud import modeldir, runtime
+from mlcloud.errors import ConfigError
 
 
 def test_env_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,6 +27,10 @@ def test_env_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert runtime.hparams() == {"lr": 0.1}
     assert runtime.checkpoint_dir() is None and runtime.latest_checkpoint() is None
     assert runtime.world_size() == 1 and runtime.is_chief()
+    for bad, why in (("[1, 2]", "must hold a JSON object"), ("{lr: 1", "not valid JSON")):
+        monkeypatch.setenv("MLCLOUD_HPARAMS", bad)
+        with pytest.raises(ConfigError, match=why):
+            runtime.hparams()
 
 
 def test_save_model_manifest_and_tamper_detection(tmp_path: Path) -> None:
@@ -83,3 +88,37 @@ def test_sigterm_writes_last_checkpoint(tmp_path: Path) -> None:
     assert proc.returncode == 128 + signal.SIGTERM
     assert runtime.latest_checkpoint is not None
     assert list((tmp_path / "ck").glob("ckpt-*.pt"))
+
+
+VENDORED_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from mlcloud import errors, modeldir, runtime
+src, out = Path(sys.argv[2]), Path(sys.argv[3])
+root = runtime.save_model(str(src), framework="custom", path=out, predictor="pred:P")
+(root / "pred.py").write_text("tampered")
+try:
+    modeldir.verify(root)
+except errors.ModelError as e:
+    print(type(e).__name__, isinstance(e, errors.MlcloudError), isinstance(e, ValueError))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("mlcloud", "yaml", "pydantic")))
+"""
+
+
+def test_vendored_runtime_works_without_mlcloud_installed(tmp_path: Path) -> None:
+    # Cloud launchers ship runtime.py, modeldir.py and errors.py (modeldir's errors are in the
+    # mlcloud tree) inside the job archive for images without mlcloud: they must import alone.
+    from providers.common.staging import pack_source, safe_extract
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "pred.py").write_text("class P:\n    def predict(self, x): ...\n")
+    safe_extract(pack_source(tmp_path / "src").data, tmp_path / "job")
+    vendor = tmp_path / "job" / "_mlcloud" / "vendor"
+    args = [str(vendor), str(tmp_path / "src"), str(tmp_path / "model")]
+    # -S: no site-packages, so no installed mlcloud (nor yaml, pydantic) to fall back on
+    out = subprocess.run([sys.executable, "-S", "-c", VENDORED_SCRIPT, *args],
+                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    verdict, modules = out.stdout.splitlines()
+    assert verdict == "ModelDirError True False"
+    assert modules == "['mlcloud', 'mlcloud.errors', 'mlcloud.modeldir', 'mlcloud.runtime']"

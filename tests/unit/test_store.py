@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlcloud.errors import NotFoundLocally
-from mlcloud.provider import EndpointRecord, EndpointState, JobRecord, JobState
+from mlcloud.records import EndpointRecord, EndpointState, JobRecord, JobState
 from mlcloud.store import Store
 
 

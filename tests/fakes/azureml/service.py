@@ -5,7 +5,9 @@ deployments) as the JSON the real service returns, answers long-running operatio
 ``Azure-AsyncOperation`` (or ``Location``) header and a status URL, and returns ARM error
 bodies; the data plane (run history, blobs, scoring) is in :mod:`.dataplane`. Tests drive what
 a cloud would do on its own with :meth:`set_job_status` and :meth:`set_job_logs`, and inject
-failures with :meth:`fail_next`.
+failures with :meth:`fail_next`. Every write it is sent is logged in ``received`` in the format
+of an mlcloud plan (:mod:`.received`), for the conformance suite's "the far end received the
+plan" tests.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tests.fakes.azureml.common import (
     json_response,
 )
 from tests.fakes.azureml.dataplane import DataPlane
+from tests.fakes.azureml.received import Received, decode
 
 
 @dataclass
@@ -59,6 +62,7 @@ class FakeAzureML(DataPlane):
         self.predictor = lambda instances: [float(len(str(x))) for x in instances]
         self.loaded: dict[str, Any] = {}  # model id -> loaded predict function
         self.model_dirs: list[Any] = []
+        self.received: list[Received] = []  # every planned write, in the plan's format
 
     # ---- test controls -------------------------------------------------------------------
     @property
@@ -128,6 +132,9 @@ class FakeAzureML(DataPlane):
             return error(404, "ResourceNotFound", f"workspace {m['ws']} not found")
         rest = m["rest"] or ""
         payload = json.loads(body) if body else None
+        write = decode(method, rest, payload, self.resources.get(self._key(rest)))
+        if write is not None:
+            self.received.append(write)
         return self._workspace(method, rest, query, payload)
 
     def _key(self, rest: str) -> str:

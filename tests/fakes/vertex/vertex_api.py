@@ -50,7 +50,10 @@ class VertexApi:
         self.endpoints: dict[str, Message] = {}
         self.operations: dict[str, tuple[operations_pb2.Operation, bool]] = {}
         self.logs: list[dict[str, Any]] = []
-        self.received: list[tuple[str, dict[str, Any]]] = []  # (call, parsed request)
+        # every create/upload/deploy/undeploy as (call, request): the call named as plans name
+        # it ("JobService.CreateCustomJob"), the request rebuilt from the URL and the body and
+        # printed as proto-JSON, i.e. what the far end received in the plan's own format
+        self.received: list[tuple[str, dict[str, Any]]] = []
         self.predictor: Predictor | None = None
         self._ids = itertools.count(1000)
         self._rng = random.Random(0)
@@ -84,11 +87,20 @@ class VertexApi:
             )
 
     def calls(self, call: str) -> list[dict[str, Any]]:
-        return [body for name, body in self.received if name == call]
+        """The requests received for ``call`` (e.g. ``"EndpointService.DeployModel"``)."""
+        return [request for name, request in self.received if name == call]
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _record(self, call: str, msg: Message) -> None:
-        self.received.append((call, to_json(msg)))
+    def _record(self, call: str, request: Message) -> None:
+        self.received.append((call, to_json(request)))
+
+    @staticmethod
+    def _bind(request: Message, field: str, value: str) -> Message:
+        """Put a URL path parameter into the request, as Google's REST front end does."""
+        if getattr(request, field) not in ("", value):
+            raise ApiError("INVALID_ARGUMENT", f"{field} in the body differs from the URL")
+        setattr(request, field, value)
+        return request
 
     def _operation(self, parent: str, response: Message | None) -> Response:
         name = f"{parent}/operations/{next(self._ids)}"
@@ -155,7 +167,8 @@ class VertexApi:
     # ---- jobs --------------------------------------------------------------------------------
     def _create_job(self, req: Request, parent: str) -> Response:
         job = parse(v1.CustomJob, req.body)
-        self._record("CreateCustomJob", job)
+        request = v1.CreateCustomJobRequest.pb()(parent=parent, custom_job=job)
+        self._record("JobService.CreateCustomJob", request)
         if not job.display_name or not job.job_spec.worker_pool_specs:
             raise ApiError("INVALID_ARGUMENT", "display_name and worker_pool_specs are required")
         for pool in job.job_spec.worker_pool_specs:
@@ -205,8 +218,8 @@ class VertexApi:
 
     # ---- models ------------------------------------------------------------------------------
     def _upload_model(self, req: Request, parent: str) -> Response:
-        request = parse(v1.UploadModelRequest, req.body)
-        self._record("UploadModel", request)
+        request = self._bind(parse(v1.UploadModelRequest, req.body), "parent", parent)
+        self._record("ModelService.UploadModel", request)
         model = request.model
         if not model.display_name or not model.container_spec.image_uri:
             raise ApiError("INVALID_ARGUMENT", "display_name and container_spec are required")
@@ -236,7 +249,10 @@ class VertexApi:
     # ---- endpoints ---------------------------------------------------------------------------
     def _create_endpoint(self, req: Request, parent: str) -> Response:
         endpoint = parse(v1.Endpoint, req.body)
-        self._record("CreateEndpoint", endpoint)
+        request = v1.CreateEndpointRequest.pb()(
+            parent=parent, endpoint_id=req.query.get("endpointId", ""), endpoint=endpoint
+        )
+        self._record("EndpointService.CreateEndpoint", request)
         ident = req.query.get("endpointId") or str(next(self._ids))
         name = f"{parent}/endpoints/{ident}"
         if name in self.endpoints:
@@ -265,8 +281,8 @@ class VertexApi:
         endpoint.traffic_split.update({k: v for k, v in split.items() if v})
 
     def _deploy(self, req: Request, name: str) -> Response:
-        request = parse(v1.DeployModelRequest, req.body)
-        self._record("DeployModel", request)
+        request = self._bind(parse(v1.DeployModelRequest, req.body), "endpoint", name)
+        self._record("EndpointService.DeployModel", request)
         endpoint = self._endpoint(name)
         model = self._model(request.deployed_model.model)
         res = request.deployed_model.dedicated_resources
@@ -292,8 +308,8 @@ class VertexApi:
         return self._operation(name.rsplit("/endpoints/", 1)[0], response)
 
     def _undeploy(self, req: Request, name: str) -> Response:
-        request = parse(v1.UndeployModelRequest, req.body)
-        self._record("UndeployModel", request)
+        request = self._bind(parse(v1.UndeployModelRequest, req.body), "endpoint", name)
+        self._record("EndpointService.UndeployModel", request)
         endpoint = self._endpoint(name)
         index = next(
             (i for i, dm in enumerate(endpoint.deployed_models)

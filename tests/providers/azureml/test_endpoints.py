@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,10 @@ import pytest
 
 from mlcloud import modeldir
 from mlcloud.errors import ConfigError, NotFoundLocally, SpecError, UnsupportedFeature
-from mlcloud.provider import EndpointState
+from mlcloud.records import EndpointState
 from mlcloud.specs import Deployment
 from mlcloud.store import Store
+from providers.azureml.endpoint_plan import DeployContext
 from tests.conformance.endpoints import make_custom_model
 from tests.fakes.azureml import Installed
 from tests.providers.azureml.conftest import make_provider
@@ -21,6 +23,11 @@ from tests.providers.azureml.conftest import make_provider
 def _model(root: Path, answer: str = "a") -> Path:
     """A custom model dir whose predictor answers ``answer`` for every row."""
     return make_custom_model(root, answer)
+
+
+def _new(plan: Any) -> str:
+    """The deployment the plan creates."""
+    return str(plan.context_as(DeployContext).deployment)
 
 
 def _bodies(azure: Installed, method: str, fragment: str) -> list[dict[str, Any]]:
@@ -39,7 +46,7 @@ def test_deploy_sends_the_planned_bodies(provider: Any, azure: Installed, tmp_pa
     ]
     assert azure.transport.requests == []  # planning is pure
     record = provider.deploy(plan)
-    name = plan.context["deployment"]
+    name = _new(plan)
     assert record.state is EndpointState.READY
     assert record.url == "https://inference.fake.azureml.net/iris-ep/score"
     assert record.details == {"deployments": {name: 100}, "deployment": name}
@@ -103,7 +110,7 @@ def test_redeploy_is_blue_green(provider: Any, azure: Installed, tmp_path: Path)
     assert same.details["deployment"] == blue and set(azure.fake.deployments("ep1")) == {blue}
 
     plan = provider.plan_deploy(Deployment(name="ep1", model=str(_model(tmp_path, "b"))))
-    green = plan.context["deployment"]
+    green = _new(plan)
     assert green != blue
     assert [s.call for s in plan.steps][-1] == "onlineDeployments.Delete"
     assert plan.steps[-1].request == {"name": blue}
@@ -133,7 +140,7 @@ def test_canary_traffic_and_mirroring(azure: Installed, store: Store, tmp_path: 
     plan = provider.plan_deploy(
         Deployment(name="ep1", model=str(_model(tmp_path, "b")), traffic={"new": 20, blue: 80})
     )
-    green = plan.context["deployment"]
+    green = _new(plan)
     assert plan.steps[-2].request == {"mirrorTraffic": {green: 10}}
     assert plan.steps[-1].request == {"traffic": {green: 20, blue: 80}, "mirrorTraffic": {}}
     record = provider.deploy(plan)
@@ -191,5 +198,18 @@ def test_registered_model_reference_and_gpu(provider: Any, azure: Installed) -> 
     assert body["sku"]["capacity"] == 2
     record = provider.deploy(plan)
     assert record.model.endswith("/models/iris/versions/3") and record.model_sha256 is None
-    sent = _bodies(azure, "PUT", f"/deployments/{plan.context['deployment']}?")[0]
+    sent = _bodies(azure, "PUT", f"/deployments/{_new(plan)}?")[0]
     assert sent["properties"]["model"] == body["properties"]["model"]
+
+
+def test_a_stale_deploy_plan_is_refused(provider: Any, azure: Installed, tmp_path: Path) -> None:
+    """The model directory changed after planning: deploying would send something other than
+    what the plan shows, so nothing is sent."""
+    model = _model(tmp_path)
+    plan = provider.plan_deploy(Deployment(name="ep1", model=str(model)))
+    shutil.rmtree(model)
+    _model(tmp_path, "b").rename(model)
+    with pytest.raises(SpecError, match="stale"):
+        provider.deploy(plan)
+    assert azure.fake.received == [] and provider.list_endpoints() == []
+    assert provider.deploy(provider.plan_deploy(Deployment(name="ep1", model=str(model))))

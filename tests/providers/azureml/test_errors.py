@@ -19,6 +19,7 @@ from mlcloud.errors import (
     AuthError,
     Conflict,
     NotFound,
+    Origin,
     PermissionDenied,
     ProviderError,
     QuotaExceeded,
@@ -50,6 +51,9 @@ class _Response:
         return self._text.encode()
 
 
+ORIGIN = Origin("azureml", "azure")
+
+
 def _http(status: int, code: str, message: str = "m", cls: type = HttpResponseError) -> Exception:
     return cls(response=_Response(status, code, message))
 
@@ -70,14 +74,14 @@ def _http(status: int, code: str, message: str = "m", cls: type = HttpResponseEr
     ],
 )
 def test_translate(err: Exception, expected: type, retryable: bool) -> None:
-    mapped = translate(err)
+    mapped = translate(err, ORIGIN)
     assert type(mapped) is expected
-    assert mapped.retryable is retryable
-    assert getattr(mapped, "provider", "azureml") == "azureml"
+    assert isinstance(mapped, ProviderError) and mapped.retryable is retryable
+    assert (mapped.provider_type, mapped.profile) == ("azureml", "azure")
 
 
 def test_quota_names_the_code_and_hides_secrets() -> None:
-    err = translate(_http(400, "QuotaExceeded", "no cores; see https://x?sig=abc123&key=k"))
+    err = translate(_http(400, "QuotaExceeded", "no cores; see https://x?sig=abc123&key=k"), ORIGIN)
     assert isinstance(err, QuotaExceeded) and err.quota == "QuotaExceeded" and err.hint
     assert "abc123" not in str(err) and "sig=***" in str(err)
 
@@ -107,7 +111,9 @@ def test_missing_credentials_through_the_real_client(
 
 def test_the_client_is_built_once(azure: Installed, store: Store, tmp_path: Path) -> None:
     provider = make_provider(store)
-    assert provider.client is provider.client
+    assert "clients" not in vars(provider)  # nothing built until the first call
+    assert provider.clients is provider.clients
+    assert provider.clients.ml is provider.clients.ml
 
 
 def test_missing_sdk_is_provider_unavailable(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from mlcloud import api
 from mlcloud.errors import Conflict, NotFound, PermissionDenied, QuotaExceeded
-from mlcloud.provider import JobState
+from mlcloud.records import JobState
 from mlcloud.specs import TrainingJob
 from tests.fakes.azureml import Installed
 from tests.providers.azureml.conftest import write_source
@@ -96,14 +97,20 @@ def test_states_are_mapped(provider: Any, azure: Installed, tmp_path: Path) -> N
     assert events[-2:] == ["RUNNING", "SUCCEEDED"]  # one event per change, none per refresh
 
 
+def _writes(azure: Installed) -> list[tuple[str, str]]:
+    """Every write the fake workspace received (control plane and blob uploads)."""
+    return [(r.method, r.url) for r in azure.transport.requests if r.method != "GET"]
+
+
 def test_failed_attempt_is_resubmitted_up_to_max_restarts(
     provider: Any, azure: Installed, tmp_path: Path
 ) -> None:
     record = provider.submit_job(provider.plan_job(_job(tmp_path, max_restarts=1)))
     azure.fake.set_job_status(record.native_id, "Failed", "User process exited with status code 1")
-    again = provider.job_status(record.id)
+    again = provider.advance_job(record.id)
     assert again.state is JobState.RESTARTING and again.attempts == 2
     assert again.native_id == f"{record.id}-a2"
+    assert again.details["resubmit_due"] is False
     second = _put_body(azure, again.native_id)["properties"]
     assert second["codeId"] == record.details["code_id"]  # same code asset, no re-upload
     assert second["tags"] == {"mlcloud-job-id": record.id, "mlcloud-attempt": "2"}
@@ -111,7 +118,7 @@ def test_failed_attempt_is_resubmitted_up_to_max_restarts(
     assert len(azure.transport.find("POST", "startPendingUpload")) == 1
 
     azure.fake.set_job_status(again.native_id, "Failed", "User process exited with status code 7")
-    final = provider.job_status(record.id)
+    final = provider.job_status(record.id)  # no restart left: the refresh alone ends it
     assert final.state is JobState.FAILED and final.exit_code == 7 and final.attempts == 2
     attempts = final.details["attempts"]
     assert [(a["native_id"], a["exit_code"]) for a in attempts] == [
@@ -120,6 +127,120 @@ def test_failed_attempt_is_resubmitted_up_to_max_restarts(
     ]
     events = " ".join(str(e.get("message")) for e in provider.store.job_events(record.id))
     assert "re-submitted as attempt 2 of 2" in events
+    assert provider.advance_job(record.id).attempts == 2  # finished: nothing more to do
+    assert len(azure.fake.jobs()) == 2
+
+
+def test_status_of_a_failed_attempt_creates_nothing(
+    provider: Any, azure: Installed, tmp_path: Path
+) -> None:
+    """A read has no side effects: the refresh only records that a re-submission is due."""
+    record = provider.submit_job(provider.plan_job(_job(tmp_path, max_restarts=2)))
+    azure.fake.set_job_status(record.native_id, "Failed", "User process exited with status code 1")
+    writes, received = _writes(azure), len(azure.fake.received)
+    due = provider.job_status(record.id)
+    again = provider.job_status(record.id)  # and again: still due, still nothing created
+    assert _writes(azure) == writes and len(azure.fake.received) == received
+    assert [j["name"] for j in azure.fake.jobs()] == [record.id]
+    for seen in (due, again):
+        assert seen.state is JobState.RESTARTING and seen.details["resubmit_due"] is True
+        assert seen.attempts == 1 and seen.native_id == record.id
+    assert due.message == "User process exited with status code 1"
+    events = [str(e.get("message")) for e in provider.store.job_events(record.id)]
+    assert sum("attempt 2 of 3 is due" in e for e in events) == 1  # one event, not one per read
+
+    advanced = provider.advance_job(record.id)  # the explicit transition submits it
+    assert advanced.attempts == 2 and advanced.native_id == f"{record.id}-a2"
+    assert advanced.details["resubmit_due"] is False
+    assert provider.advance_job(record.id).attempts == 2  # nothing due any more: a no-op
+    assert sorted(j["name"] for j in azure.fake.jobs()) == [record.id, f"{record.id}-a2"]
+
+
+def test_advance_adopts_an_attempt_already_submitted(
+    provider: Any, azure: Installed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PUT went through but recording it did not: advancing again adopts that attempt
+    (Azure refuses a second job of the same name) instead of failing or submitting twice."""
+    record = provider.submit_job(provider.plan_job(_job(tmp_path, max_restarts=1)))
+    azure.fake.set_job_status(record.native_id, "Failed", "User process exited with status code 1")
+    provider.job_status(record.id)
+    update = provider.store.update_job
+
+    def lost(job_id: str, **fields: Any) -> Any:
+        if "attempts" in fields:
+            raise OSError("the store went away")
+        return update(job_id, **fields)
+
+    monkeypatch.setattr(provider.store, "update_job", lost)
+    with pytest.raises(OSError):
+        provider.advance_job(record.id)
+    monkeypatch.setattr(provider.store, "update_job", update)
+    adopted = provider.advance_job(record.id)
+    assert adopted.attempts == 2 and adopted.native_id == f"{record.id}-a2"
+    assert len(azure.transport.find("PUT", f"/jobs/{record.id}-a2?")) == 2  # the second: 409
+    assert sorted(j["name"] for j in azure.fake.jobs()) == [record.id, f"{record.id}-a2"]
+
+
+def test_cancel_while_a_resubmission_is_due_keeps_it_failed(
+    provider: Any, azure: Installed, tmp_path: Path
+) -> None:
+    record = provider.submit_job(provider.plan_job(_job(tmp_path, max_restarts=1)))
+    azure.fake.set_job_status(record.native_id, "Failed", "User process exited with status code 4")
+    assert provider.job_status(record.id).details["resubmit_due"] is True
+    final = provider.cancel_job(record.id)
+    assert final.state is JobState.FAILED and final.exit_code == 4
+    assert final.details["resubmit_due"] is False
+    assert provider.advance_job(record.id).attempts == 1  # finished: never re-submitted
+    assert [j["name"] for j in azure.fake.jobs()] == [record.id]
+
+
+def test_follow_stops_when_a_resubmission_is_due(
+    provider: Any, azure: Installed, tmp_path: Path
+) -> None:
+    """Following logs is a read: it ends with the failed attempt instead of re-submitting
+    (or waiting forever for someone to); after advance_job the next attempt is shown."""
+    record = provider.submit_job(provider.plan_job(_job(tmp_path, max_restarts=1)))
+    azure.fake.set_job_logs(record.native_id, "epoch 1\nboom")
+    azure.fake.set_job_status(record.native_id, "Failed", "User process exited with status code 1")
+    assert list(provider.job_logs(record.id, follow=True)) == [
+        f"[mlcloud] attempt 1 ({record.id})",  # a job that may restart heads its attempts
+        "epoch 1",
+        "boom",
+    ]
+    assert [j["name"] for j in azure.fake.jobs()] == [record.id]
+    second = provider.advance_job(record.id)
+    azure.fake.set_job_logs(second.native_id, "epoch 1 again\n")
+    azure.fake.set_job_status(second.native_id, "Completed")
+    assert list(provider.job_logs(record.id, follow=True)) == [
+        f"[mlcloud] attempt 1 ({record.id})",
+        "epoch 1",
+        "boom",
+        f"[mlcloud] attempt 2 ({second.native_id})",
+        "epoch 1 again",
+    ]
+
+
+def test_sdk_follow_goes_on_across_a_restart(
+    provider: Any, azure: Installed, tmp_path: Path
+) -> None:
+    """``mlcloud logs -f`` (api.Job.logs): the provider's stream ends with the failed attempt;
+    the SDK advances the job (the re-submission happens there) and follows the next attempt,
+    each line once."""
+    record = provider.submit_job(provider.plan_job(_job(tmp_path, max_restarts=1)))
+    azure.fake.set_job_logs(record.native_id, "epoch 1\nboom")
+    azure.fake.set_job_status(record.native_id, "Failed", "User process exited with status code 1")
+    follow = api.Job(provider, record).logs(follow=True, poll=0.01)
+    assert list(itertools.islice(follow, 4)) == [
+        f"[mlcloud] attempt 1 ({record.id})",
+        "epoch 1",
+        "boom",
+        f"[mlcloud] attempt 2 ({record.id}-a2)",
+    ]
+    assert len(azure.fake.jobs()) == 2  # advanced by the SDK's follow, not by a read
+    azure.fake.set_job_logs(f"{record.id}-a2", "epoch 1 again\n")
+    azure.fake.set_job_status(f"{record.id}-a2", "Completed")
+    assert list(follow) == ["epoch 1 again"]
+    assert provider.job_status(record.id).state is JobState.SUCCEEDED
 
 
 def test_logs_and_follow(provider: Any, azure: Installed, tmp_path: Path) -> None:
@@ -164,7 +285,8 @@ def test_error_bodies_are_mapped(
     azure.fake.fail_next("PUT", r"/jobs/", status, code, f"{code}: nope sig=SECRET")
     with pytest.raises(error) as err:
         provider.submit_job(provider.plan_job(_job(tmp_path)))
-    assert err.value.provider == "azureml" and err.value.code == code
+    assert (err.value.provider_type, err.value.profile) == ("azureml", "azure")
+    assert err.value.code == code
     assert "SECRET" not in str(err.value)
     assert provider.store.list_jobs() == []
 

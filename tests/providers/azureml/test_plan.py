@@ -12,6 +12,7 @@ import pytest
 from mlcloud.errors import ConfigError, SpecError, UnsupportedFeature
 from mlcloud.specs import TrainingJob, load_job
 from mlcloud.store import Store
+from providers.azureml.job_plan import JobContext
 from tests.providers.azureml.conftest import make_provider, write_source
 
 REPO = Path(__file__).resolve().parents[3]
@@ -98,7 +99,7 @@ def test_cluster_compute_and_local_inputs(provider: Any, tmp_path: Path) -> None
         "--output 'model=${{outputs.model}}' --output 'output=${{outputs.output}}' "
         "-- python train.py --lr 0.1"
     )
-    assert plan.context["model_dir"].endswith(f"/mlcloud/jobs/{plan.id}/model")
+    assert plan.context_as(JobContext).model_dir.endswith(f"/mlcloud/jobs/{plan.id}/model")
 
 
 def test_plan_is_pure(provider: Any, azure: Any, tmp_path: Path) -> None:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from mlcloud.config import Profile
-from mlcloud.provider import JobRecord, Provider
+from mlcloud.provider import Provider
+from mlcloud.records import JobRecord, Plan
 from mlcloud.specs import TrainingJob
 from mlcloud.store import Store
 from providers.local import LocalProvider
-from tests.conformance.jobs import LOG_LINE, JobConformance
+from providers.local.supervisor import LAUNCHED_FILE
+from tests.conformance.jobs import LOG_LINE, JobConformance, Sent
 
 SCRIPTS = {
     "succeed": f"print({LOG_LINE!r})",
@@ -40,3 +44,30 @@ class TestLocalJobs(JobConformance):
         return self.make_job(tmp_path, "succeed").model_copy(
             update={"inputs": {"train": "s3://bucket/data"}}
         )
+
+    def received(self, provider: Provider, plan: Plan[TrainingJob], record: JobRecord) -> Sent:
+        """What each process of the job's first attempt was really started with.
+
+        The far end of a local job is the process the supervisor starts. Right after starting
+        it, the supervisor reads from the kernel (psutil: ``/proc/<pid>/cmdline``, ``cwd``,
+        ``environ``) what the process got and appends it to ``launched.jsonl`` in the job dir
+        (a job of this suite ends within milliseconds, so reading ``/proc`` from here would race
+        it). The process inherits the supervisor's environment, so of ``environ`` the record
+        keeps the keys the plan sets, with the values the process really has, and every key
+        whose value differs from what the supervisor inherited: a planned variable that never
+        arrived is missing (or has the inherited value), one the plan does not show is extra.
+        """
+        path = Path(record.details["job_dir"]) / LAUNCHED_FILE
+        first: list[dict[str, object]] = []
+        deadline = time.monotonic() + 30
+        while len(first) < len(plan.steps):
+            assert time.monotonic() < deadline, f"{path} never listed the started processes"
+            time.sleep(0.05)
+            text = path.read_text() if path.exists() else ""
+            lines = [
+                json.loads(line) for line in text.splitlines(keepends=True) if line[-1:] == "\n"
+            ]
+            first = sorted((x for x in lines if x["attempt"] == 1), key=lambda x: x["step"])
+        return [
+            ("local.Popen", {"argv": x["argv"], "env": x["env"], "cwd": x["cwd"]}) for x in first
+        ]

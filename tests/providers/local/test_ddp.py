@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mlcloud.config import Profile
-from mlcloud.provider import JobState
+from mlcloud.records import JobState
 from mlcloud.specs import load_job
 from mlcloud.store import Store
 from providers.local import LocalProvider, procs

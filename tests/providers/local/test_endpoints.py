@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -31,15 +32,20 @@ from mlcloud.errors import (
     Transient,
     UnsupportedFeature,
 )
-from mlcloud.provider import EndpointRecord, EndpointState
+from mlcloud.records import EndpointRecord, EndpointState
 from mlcloud.specs import Deployment, ReplicaRange
 from mlcloud.store import Store
 from providers.local import endpoint_procs
-from providers.local.endpoint_net import free_port, http
+from providers.local.clients import HttpClient
+from providers.local.endpoint_net import free_port
 from providers.local.front import write_upstreams
 from providers.local.provider import LocalProvider
+from tests.conformance.endpoints import make_custom_model
+from tests.conftest import MLCLOUD, cli_env
 
 pytestmark = pytest.mark.timeout(300)
+
+http = HttpClient().request
 
 ROW = [5.1, 3.5, 1.4, 0.2]  # iris setosa: class 0
 BODY = json.dumps({"instances": [ROW]}).encode()
@@ -369,3 +375,67 @@ def test_front_follows_the_atomically_replaced_file(tmp_path: Path) -> None:
     assert upstreams.pick() in {"http://127.0.0.1:1", "http://127.0.0.1:2"}
     write_upstreams(tmp_path, 3, ["http://127.0.0.1:3"])
     assert upstreams.pick() == "http://127.0.0.1:3" and upstreams.generation == 3
+
+
+# ---- a user's project with its own `serving` / `providers` packages -------------------------
+SHADOW = "raise ImportError(\"the user's own {0} package was imported instead of mlcloud's\")\n"
+
+
+@pytest.fixture
+def user_project(tmp_path: Path) -> Path:
+    """A project dir whose packages share the names of mlcloud's own top-level packages."""
+    project = tmp_path / "project"
+    for package in ("serving", "providers"):
+        (project / package).mkdir(parents=True)
+        (project / package / "__init__.py").write_text(SHADOW.format(package))
+    return project
+
+
+@pytest.fixture
+def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path / "home"
+    monkeypatch.setenv("MLCLOUD_HOME", str(home))
+    monkeypatch.delenv("MLCLOUD_API_TOKEN", raising=False)
+    monkeypatch.setenv("MLCLOUD_DEPLOY_TIMEOUT", "90")
+    yield home
+    endpoint_procs.stop([], endpoint_procs.home_tag(home))
+
+
+def test_deploy_from_a_project_with_its_own_serving_and_providers(
+    user_project: Path, own_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bentoml serve`` puts its working directory first on ``sys.path``: started from the
+    caller's project it would import the project's ``serving``, not mlcloud's, and never load."""
+    model = make_custom_model(tmp_path / "models", "a")
+    monkeypatch.chdir(user_project)
+    store = Store.open(own_home)
+    provider = LocalProvider(Profile("local", "local"), store)
+    try:
+        record = provider.deploy(provider.plan_deploy(Deployment(name="mine", model=str(model))))
+        assert record.state is EndpointState.READY
+        assert provider.predict("mine", {"instances": [[1.0]]}) == {"predictions": ["a"]}
+        for ident in (*record.details["servers"], record.details["front"]):
+            assert psutil.Process(ident["pid"]).cwd() == str(own_home / "endpoints" / "mine")
+    finally:
+        provider.undeploy("mine")
+        store.close()
+
+
+def test_cli_deploy_from_a_project_with_its_own_serving_and_providers(
+    user_project: Path, own_home: Path, tmp_path: Path
+) -> None:
+    """The same through ``mlcloud deploy``. ``-P`` runs the CLI as its console script does: with
+    the script's directory, not the working directory, first on ``sys.path`` (``python -m``
+    from such a project would hand the CLI process itself the project's ``providers``)."""
+    model = make_custom_model(tmp_path / "models", "b")
+    cli = [sys.executable, "-P", *MLCLOUD[1:]]
+    env = cli_env(MLCLOUD_HOME=str(own_home))
+    run = {"cwd": user_project, "env": env, "capture_output": True, "text": True, "timeout": 180}
+    try:
+        out = subprocess.run([*cli, "deploy", str(model), "--name", "mine", "-o", "json"], **run)
+        assert out.returncode == 0, out.stderr + out.stdout
+        url = json.loads(out.stdout)["url"]
+        assert _predict_http(url, None) == (200, {"predictions": ["b"]})
+    finally:
+        gone = subprocess.run([*cli, "undeploy", "mine"], **run)
+    assert gone.returncode == 0, gone.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from mlcloud.config import Profile
 from mlcloud.errors import SpecError, UnsupportedFeature
-from mlcloud.provider import JobState
+from mlcloud.records import JobState
 from mlcloud.specs import TrainingJob
 from mlcloud.store import Store
 from providers.local import LocalProvider, procs
@@ -56,6 +56,8 @@ def test_plan_shows_exact_argv_env_cwd(provider: LocalProvider, tmp_path: Path) 
     assert env["FOO"] == "1" and env["MLCLOUD_INPUT_TRAIN"] == str(tmp_path / "data")
     assert json.loads(env["MLCLOUD_HPARAMS"]) == {"lr": 0.1}
     assert env["MLCLOUD_CHECKPOINT_DIR"].endswith("/checkpoints")
+    # everything the process gets beyond what it inherits is in the plan, the store too
+    assert env["MLCLOUD_STATE_DB"] == str(provider.store.path)
 
 
 def test_distributed_plan_uses_torchrun_with_loopback_rendezvous(
@@ -70,6 +72,9 @@ def test_distributed_plan_uses_torchrun_with_loopback_rendezvous(
     assert f"--rdzv-id={plan.id}" in argv and "--local-addr=127.0.0.1" in argv
     assert any(a.startswith("--rdzv-endpoint=127.0.0.1:") for a in argv)
     assert any("last_call_timeout=1" in a and "is_host=false" in a for a in argv)
+    assert plan.steps[0].request["env"]["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    rdzv_port = next(a for a in argv if a.startswith("--rdzv-endpoint=")).rpartition(":")[2]
+    assert plan.volatile == (rdzv_port,)
 
 
 def test_bad_inputs_are_refused_at_plan_time(provider: LocalProvider, tmp_path: Path) -> None:
@@ -80,7 +85,7 @@ def test_bad_inputs_are_refused_at_plan_time(provider: LocalProvider, tmp_path: 
 
 
 def test_gpus_that_are_not_there(provider: LocalProvider, tmp_path: Path) -> None:
-    from providers.local.jobs import gpu_count
+    from providers.local.job_plan import gpu_count
 
     have = gpu_count()
     with pytest.raises(UnsupportedFeature) as err:

@@ -9,16 +9,26 @@ the way SageMaker behaves, and says so here so no test claims more than it prove
   SageMaker responder so the CLI/conformance paths can run end to end; the request shapes of
   both are separately checked against the real service model with botocore's Stubber
   (tests/providers/sagemaker/test_stubbed.py).
+* InvokeEndpoint: moto answers any endpoint name, existing or not, from a queue of canned
+  results (its endpoint-results API) and remembers each answer per request body. Here an
+  unknown endpoint is refused the way SageMaker refuses it (ValidationError "Endpoint <name> of
+  account <id> not found."), and ``serve_deployed_model`` plays the serving container: it loads
+  the model the endpoint's config points at, from S3, and queues its answer.
+
+Every request the server reads is recorded at the server itself (``far_end.FAR_END``, wrapping
+moto's WSGI application), which is what the conformance ``received`` hooks decode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +36,7 @@ import pytest
 
 from mlcloud.config import Profile
 from mlcloud.store import Store
+from tests.providers.sagemaker.far_end import FAR_END, Recorder
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -51,6 +62,21 @@ def _stop_training_job(self: Any) -> Any:
     return EmptyResult()
 
 
+def _invoke_endpoint(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def invoke_endpoint(self: Any) -> Any:
+        from moto.core.exceptions import ServiceException
+
+        class ValidationError(ServiceException):
+            code = "ValidationError"  # sagemaker-runtime's code (the control plane's differs)
+
+        name = urllib.parse.unquote(self.path.split("/")[2])  # /endpoints/<name>/invocations
+        if name not in backend().endpoints:
+            raise ValidationError(f"Endpoint {name} of account {ACCOUNT} not found.")
+        return original(self)
+
+    return invoke_endpoint
+
+
 def _update_endpoint(self: Any) -> Any:
     from moto.core.responses import ActionResult
     from moto.sagemaker.exceptions import ValidationError
@@ -72,8 +98,10 @@ def _update_endpoint(self: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
+    from moto.moto_server import threaded_moto_server
     from moto.sagemaker import models as sm_models
     from moto.sagemaker.responses import SageMakerResponse
+    from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
     from moto.server import ThreadedMotoServer
 
     original_create = sm_models.SageMakerModelBackend.create_training_job
@@ -89,6 +117,14 @@ def moto_url() -> Iterator[str]:
         mp.setattr(sm_models.SageMakerModelBackend, "create_training_job", create_training_job)
         mp.setattr(SageMakerResponse, "stop_training_job", _stop_training_job, raising=False)
         mp.setattr(SageMakerResponse, "update_endpoint", _update_endpoint, raising=False)
+        invoke = _invoke_endpoint(SageMakerRuntimeResponse.invoke_endpoint)
+        mp.setattr(SageMakerRuntimeResponse, "invoke_endpoint", invoke)
+        dispatcher = threaded_moto_server.DomainDispatcherApplication
+        mp.setattr(
+            threaded_moto_server,
+            "DomainDispatcherApplication",
+            lambda create_app: FAR_END.wrap(dispatcher(create_app)),
+        )
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
@@ -112,6 +148,13 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, moto_url: str, tmp_path: Path) -> s
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("MLCLOUD_HOME", str(tmp_path / "mlcloud-home"))
     return moto_url
+
+
+@pytest.fixture(autouse=True)
+def far_end(moto_url: str) -> Recorder:
+    """What the moto server received during this test (recorded at the server)."""
+    FAR_END.clear()
+    return FAR_END
 
 
 @pytest.fixture(scope="session")
@@ -222,3 +265,60 @@ def queue_endpoint_results(moto_url: str, bodies: list[Any]) -> None:
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 201 or resp.status == 200
+
+
+def serve_deployed_model(moto_url: str, endpoint: str, payload: dict[str, Any]) -> Any:
+    """Play the serving container of ``endpoint``: load the model its config serves (the
+    model.tar.gz the deploy put in S3), answer ``payload`` with it, and queue that answer for
+    the next InvokeEndpoint. moto remembers each answer per request body: those are forgotten
+    first, because a switched endpoint serves another model."""
+    import tempfile
+
+    import boto3
+    from moto.sagemakerruntime.models import sagemakerruntime_backends
+
+    from providers.common.staging import safe_extract
+
+    client = functools.partial(
+        boto3.client,
+        endpoint_url=moto_url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    sm, s3 = client("sagemaker"), client("s3")
+    config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    (variant,) = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]
+    model = sm.describe_model(ModelName=variant["ModelName"])
+    bucket, _, key = model["PrimaryContainer"]["ModelDataUrl"].removeprefix("s3://").partition("/")
+    data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tempfile.TemporaryDirectory() as tmp:
+        safe_extract(data, Path(tmp))
+        answer = json.loads(_run_container(Path(tmp), json.dumps(payload)))
+    # moto 5.2 files its answers under the endpoint name its handler reads from the params,
+    # which is None for this path parameter: forget them all.
+    sagemakerruntime_backends[ACCOUNT][REGION].results.clear()
+    queue_endpoint_results(moto_url, [answer])
+    return answer
+
+
+_CONTAINER = """
+import json, sys
+from pathlib import Path
+from serving.loaders import load_model
+instances = json.loads(sys.argv[2])["instances"]
+print(json.dumps({"predictions": load_model(Path(sys.argv[1])).predict(instances)}))
+"""
+
+
+def _run_container(model_dir: Path, payload: str) -> str:
+    """The serving container's answer: mlcloud's loader in a process of its own (one model per
+    process, as in the container: an in-process import would keep the first model's module)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[3]
+    argv = [sys.executable, "-c", _CONTAINER, str(model_dir), payload]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=True)
+    return done.stdout

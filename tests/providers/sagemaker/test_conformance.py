@@ -2,17 +2,21 @@
 
 moto runs no containers, so ``settle`` plays SageMaker's part: it moves the training job to
 Completed/Failed inside moto's in-process backend and writes the container's CloudWatch log
-line, exactly where and how SageMaker would.
+line, exactly where and how SageMaker would. ``received`` reads what the moto server itself
+received (``far_end.FAR_END``, recorded in its WSGI application) and decodes each request body
+with botocore's service model back into boto3 kwargs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mlcloud.provider import JobRecord, Provider
+from mlcloud.provider import Provider
+from mlcloud.records import JobRecord, Plan
 from mlcloud.specs import TrainingJob, validate_spec
-from tests.conformance.jobs import LOG_LINE, JobConformance
+from tests.conformance.jobs import LOG_LINE, JobConformance, Sent
 from tests.providers.sagemaker.conftest import seed_logs, set_job_status
+from tests.providers.sagemaker.far_end import FAR_END
 
 SCRIPTS = {
     "succeed": f"print({LOG_LINE!r})\n",
@@ -45,3 +49,8 @@ class TestSageMakerConformance(JobConformance):
         job = self.make_job(tmp_path, "succeed")
         data = {**job.model_dump(mode="json"), "nodes": {"min": 1, "max": 4}}
         return validate_spec(TrainingJob, data, "job")  # elastic: SageMaker counts are fixed
+
+    def received(self, provider: Provider, plan: Plan[TrainingJob], record: JobRecord) -> Sent:
+        # Every write mlcloud's clients sent since the test began (the S3 staging aside):
+        # a submit that sent another call, or this one with other fields, fails the test.
+        return FAR_END.sent()

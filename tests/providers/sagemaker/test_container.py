@@ -16,7 +16,7 @@ import pytest
 
 from mlcloud.specs import TrainingJob, validate_spec
 from providers.sagemaker import SageMakerProvider
-from providers.sagemaker.plan import CODE_DIR
+from providers.sagemaker.job_plan import CODE_DIR, JobContext
 
 TRAIN = """\
 import json, os
@@ -68,7 +68,8 @@ def test_plan_runs_in_a_sagemaker_layout(
     ml = tmp_path / "root" / "opt" / "ml"
     code = ml / "input" / "data" / "mlcloud_code"
     code.mkdir(parents=True)
-    (code / f"{plan.context['archive'].sha256}.tar.gz").write_bytes(plan.context["archive"].data)
+    archive = plan.context_as(JobContext).archive
+    (code / f"{archive.sha256}.tar.gz").write_bytes(archive.data)
     channel = ml / "input" / "data" / "train"
     channel.mkdir(parents=True)
     (channel / "rows.csv").write_bytes((data / "rows.csv").read_bytes())

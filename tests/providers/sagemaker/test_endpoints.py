@@ -13,10 +13,11 @@ import pytest
 from mlcloud import modeldir
 from mlcloud.config import Profile
 from mlcloud.errors import SpecError, UnsupportedFeature
-from mlcloud.provider import EndpointState
+from mlcloud.records import EndpointState
 from mlcloud.specs import Deployment, validate_spec
 from mlcloud.store import Store
 from providers.sagemaker import SageMakerProvider
+from providers.sagemaker.endpoint_plan import EndpointContext
 from tests.providers.sagemaker.conftest import BUCKET, queue_endpoint_results, settings
 from tests.providers.sagemaker.test_jobs import Calls
 
@@ -153,7 +154,7 @@ def test_registry_records_model_versions(tmp_path: Path, bucket: str) -> None:
     assert len(packages) == 1
     (version,) = provider.store.list_models("ep-reg")
     assert version["details"]["model_package_arn"] == packages[0]["ModelPackageArn"]
-    assert version["uri"] == plan.context["model_url"]
+    assert version["uri"] == plan.context_as(EndpointContext).model_url
     provider.undeploy("ep-reg")
 
 
@@ -162,7 +163,7 @@ def test_s3_model_and_refusals(provider: SageMakerProvider, tmp_path: Path) -> N
     assert plan.steps[0].request["PrimaryContainer"]["ModelDataUrl"] == (
         "s3://b/jobs/x/output/model.tar.gz"
     )
-    assert plan.context["archive"] is None
+    assert plan.context_as(EndpointContext).archive is None
     with pytest.raises(SpecError):
         provider.plan_deploy(deployment("s3://b/some/prefix/", "ep-s3"))
     with pytest.raises(SpecError):

@@ -18,6 +18,7 @@ import pytest
 
 from mlcloud.specs import load_job
 from providers.sagemaker import SageMakerProvider
+from providers.sagemaker.job_plan import JobContext
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = REPO / "tests" / "golden" / "sagemaker"
@@ -26,11 +27,12 @@ GOLDEN = REPO / "tests" / "golden" / "sagemaker"
 @pytest.mark.parametrize("example", ["iris", "ddp"])
 def test_golden_plan(provider: SageMakerProvider, example: str) -> None:
     plan = provider.plan_job(load_job(REPO / "examples" / example / "job.yaml"))
-    native = plan.context["native_name"]
+    ctx = plan.context_as(JobContext)
+    native = ctx.native_name
     text = (
         plan.to_json()
         .replace(plan.id, "<id>")
-        .replace(plan.context["archive"].sha256, "<code-sha256>")
+        .replace(ctx.archive.sha256, "<code-sha256>")
         .replace(native, native.rsplit("-", 1)[0] + "-<hash>")
     )
     text = json.dumps(json.loads(text), indent=2) + "\n"

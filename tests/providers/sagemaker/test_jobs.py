@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from mlcloud.errors import NotFound, NotFoundLocally, Transient
-from mlcloud.provider import JobState
+from mlcloud.records import JobState
 from mlcloud.specs import TrainingJob, load_job, validate_spec
 from providers.sagemaker import SageMakerProvider
+from providers.sagemaker.job_plan import JobContext
 from tests.providers.sagemaker.conftest import BUCKET, REGION, ROLE, seed_logs, set_job_status
 
 REPO = Path(__file__).resolve().parents[3]
@@ -59,7 +60,7 @@ def test_submit_stages_code_once_and_resubmit_does_not_duplicate(
     key = code_uri.removeprefix(f"s3://{BUCKET}/")
     obj = provider.clients.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     plan = provider.plan_job(job)
-    assert obj == plan.context["archive"].data
+    assert obj == plan.context_as(JobContext).archive.data
 
     again = provider.submit_job(plan)  # unchanged source, same spec
     assert s3_calls.counts.get("PUT upload", 0) == puts_after_first, "re-upload of same content"

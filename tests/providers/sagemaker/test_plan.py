@@ -14,7 +14,7 @@ from mlcloud.config import Profile
 from mlcloud.errors import ConfigError, SpecError, UnsupportedFeature
 from mlcloud.specs import TrainingJob, load_job, validate_spec
 from providers.sagemaker import SageMakerProvider
-from providers.sagemaker.plan import ARG_MAX, BOOTSTRAP_ENV, ENV_VALUE_MAX
+from providers.sagemaker.job_plan import ARG_MAX, BOOTSTRAP_ENV, ENV_VALUE_MAX, JobContext
 from tests.providers.sagemaker.conftest import BUCKET, ROLE, settings
 
 REPO = Path(__file__).resolve().parents[3]
@@ -76,7 +76,7 @@ def test_ddp_example_maps_every_feature(provider: SageMakerProvider) -> None:
     assert tags["mlcloud:job-id"] == plan.id and tags["team"] == "ml"
     code = req["InputDataConfig"][0]
     assert code["ChannelName"] == "mlcloud_code"
-    archive = plan.context["archive"]
+    archive = plan.context_as(JobContext).archive
     assert code["DataSource"]["S3DataSource"]["S3Uri"] == (
         f"s3://{BUCKET}/mlcloud/code/{archive.sha256}.tar.gz"
     )
@@ -102,7 +102,7 @@ def test_iris_local_input_becomes_a_content_addressed_channel(provider: SageMake
     req = plan.steps[0].request
     train = next(c for c in req["InputDataConfig"] if c["ChannelName"] == "train")
     uri = train["DataSource"]["S3DataSource"]["S3Uri"]
-    (upload,) = plan.context["uploads"]
+    (upload,) = plan.context_as(JobContext).uploads
     assert uri == f"s3://{BUCKET}/{upload.key_prefix}/" and upload.sha256 in uri
     assert req["ResourceConfig"]["InstanceType"] == "ml.m5.large"
     assert "sagemaker-scikit-learn" in req["AlgorithmSpecification"]["TrainingImage"]

@@ -18,10 +18,11 @@ from botocore.stub import Stubber
 
 from mlcloud import errors
 from mlcloud.config import Profile
-from mlcloud.provider import JobRecord, JobState
+from mlcloud.records import JobRecord, JobState
 from mlcloud.specs import Deployment, validate_spec
 from mlcloud.store import Store
 from providers.sagemaker import SageMakerProvider
+from providers.sagemaker.endpoint_plan import EndpointContext
 from tests.providers.sagemaker.conftest import ACCOUNT, REGION, settings
 from tests.providers.sagemaker.test_endpoints import model_dir
 
@@ -94,7 +95,8 @@ def test_update_endpoint_request(provider: SageMakerProvider, tmp_path: Path) ->
         Deployment, {"name": "ep-stub", "model": str(model_dir(tmp_path / "m"))}, "deployment"
     )
     plan = provider.plan_deploy(dep)
-    model, config = plan.context["model_name"], plan.context["config_name"]
+    ctx = plan.context_as(EndpointContext)
+    model, config = ctx.model_name, ctx.config_name
     ep_arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/ep-stub"
 
     def endpoint(config_name: str, status: str) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def test_train_deploy_predict_update_undeploy(
             "--output", "json")
     )  # fmt: skip
     assert updated["url"] == endpoint["url"] and len(updated["details"]["deployed_models"]) == 1
-    assert len(fake.vertex.calls("UndeployModel")) == 1
+    assert len(fake.vertex.calls("EndpointService.UndeployModel")) == 1
     assert json.loads(cli(capsys, "predict", "scaler", "--data", rows))["predictions"] == [-3, -7]
 
     assert "removed" in cli(capsys, "undeploy", "scaler", "--provider", "gcp")

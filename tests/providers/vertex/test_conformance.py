@@ -2,15 +2,18 @@
 
 The fake does not run containers: ``settle`` moves the CustomJob the way Vertex would and seeds
 its Cloud Logging entries, after which the provider's real status/log calls are checked.
+``received`` is what the fake's REST front end received: each create/upload/deploy call decoded
+from its URL and body into the real ``aiplatform_v1`` request and printed as proto-JSON.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mlcloud.provider import JobRecord, Provider
+from mlcloud.provider import Provider
+from mlcloud.records import JobRecord, Plan
 from mlcloud.specs import TrainingJob
-from tests.conformance.jobs import LOG_LINE, JobConformance
+from tests.conformance.jobs import LOG_LINE, JobConformance, Sent
 from tests.fakes.vertex import FakeVertex
 
 SCRIPTS = {
@@ -36,7 +39,7 @@ class TestVertexConformance(JobConformance):
         )
 
     def settle(self, provider: Provider, record: JobRecord, behaviour: str) -> JobRecord:
-        fake: FakeVertex = provider.fake  # type: ignore[attr-defined]
+        fake = fake_of(provider)
         assert record.native_id is not None
         fake.vertex.set_job_state(record.native_id, "JOB_STATE_RUNNING")
         if behaviour == "succeed":
@@ -55,3 +58,13 @@ class TestVertexConformance(JobConformance):
     def unsupported_job(self, tmp_path: Path) -> TrainingJob | None:
         data = self.make_job(tmp_path, "succeed").model_dump()
         return TrainingJob.model_validate({**data, "nodes": {"min": 1, "max": 4}})
+
+    def received(self, provider: Provider, plan: Plan[TrainingJob], record: JobRecord) -> Sent:
+        return list(fake_of(provider).vertex.received)
+
+
+def fake_of(provider: Provider) -> FakeVertex:
+    """The fake server the conftest's ``provider`` fixture talks to."""
+    fake = getattr(provider, "fake", None)
+    assert isinstance(fake, FakeVertex), "the provider fixture carries its fake"
+    return fake

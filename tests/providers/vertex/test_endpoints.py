@@ -12,7 +12,7 @@ import pytest
 from mlcloud import modeldir
 from mlcloud.config import Profile
 from mlcloud.errors import ConfigError, NotFoundLocally, SpecError, UnsupportedFeature
-from mlcloud.provider import EndpointState
+from mlcloud.records import EndpointState
 from mlcloud.specs import Deployment
 from mlcloud.store import Store
 from providers.vertex import VertexProvider
@@ -60,14 +60,14 @@ def test_deploy_predict_canary_promote_undeploy(
     assert record.state is EndpointState.READY
     assert record.native_id == "projects/mlcloud-test/locations/us-central1/endpoints/iris"
     # what the fake received, parsed as aiplatform_v1 messages
-    (upload,) = fake.vertex.calls("UploadModel")
+    (upload,) = fake.vertex.calls("ModelService.UploadModel")
     assert upload["modelId"] == "iris"
     container = upload["model"]["containerSpec"]
     assert container["imageUri"] == SERVING_IMAGE
     assert {"name": "MLCLOUD_SERVING_CONTRACT", "value": "vertex"} in container["env"]
     assert container["predictRoute"] == "/predict" and container["healthRoute"] == "/health"
     assert upload["model"]["artifactUri"].startswith(f"gs://{BUCKET}/mlcloud/models/")
-    (deploy,) = fake.vertex.calls("DeployModel")
+    (deploy,) = fake.vertex.calls("EndpointService.DeployModel")
     resources = deploy["deployedModel"]["dedicatedResources"]
     assert (resources["minReplicaCount"], resources["maxReplicaCount"]) == (1, 3)
     assert deploy["trafficSplit"] == {"0": 100}
@@ -138,7 +138,7 @@ def test_gs_model_and_unknown_model_in_registry(
     uri = f"gs://{BUCKET}/somewhere/model"
     provider.deploy(provider.plan_deploy(Deployment(name="m", model=uri)))
     assert fake.storage.uploads == 0
-    assert fake.vertex.calls("UploadModel")[0]["model"]["artifactUri"] == uri
+    assert fake.vertex.calls("ModelService.UploadModel")[0]["model"]["artifactUri"] == uri
     provider.undeploy("m")
     # another machine (empty store) deploys to the same name: the model exists in Vertex
     other = VertexProvider(

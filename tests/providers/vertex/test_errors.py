@@ -3,6 +3,8 @@ onto the mlcloud tree (providers/vertex/errors.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mlcloud import errors as e
@@ -17,7 +19,7 @@ JOB = "projects/mlcloud-test/locations/us-central1/customJobs/42"
 QUOTA_METRIC = "aiplatform.googleapis.com/custom_model_training_nvidia_t4_gpus"
 
 
-def error_info(reason: str, **metadata: str) -> list[dict]:
+def error_info(reason: str, **metadata: str) -> list[dict[str, Any]]:
     return [
         {
             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
@@ -28,11 +30,19 @@ def error_info(reason: str, **metadata: str) -> list[dict]:
     ]
 
 
-def raised(provider: VertexProvider, fake: FakeVertex, status: str, **kw: object) -> e.MlcloudError:
-    fake.inject("GET", r"/customJobs/42$", status, f"injected {status}", **kw)  # type: ignore[arg-type]
+def raised(
+    provider: VertexProvider,
+    fake: FakeVertex,
+    status: str,
+    details: list[dict[str, Any]] | None = None,
+) -> e.ProviderError:
+    fake.inject("GET", r"/customJobs/42$", status, f"injected {status}", details=details)
     with pytest.raises(Exception) as info:
         provider.clients.jobs.get_custom_job(name=JOB)  # no retry: see the raw SDK error
-    return translate(info.value, "describing job")
+    err = translate(info.value, provider.origin)
+    assert isinstance(err, e.ProviderError), f"{type(info.value)} is not mapped: {err!r}"
+    assert (err.provider_type, err.profile) == ("vertex", provider.name)
+    return err
 
 
 @pytest.mark.parametrize(
@@ -54,11 +64,11 @@ def test_status_mapping(
 ) -> None:
     err = raised(provider, fake, status)
     assert type(err) is cls, err
-    assert err.retryable is retryable  # type: ignore[attr-defined]
+    assert err.retryable is retryable
     if status == "UNAUTHENTICATED":
         # google-auth answers a 401 by refreshing the credentials; anonymous ones cannot be
         return
-    assert err.code == status  # type: ignore[attr-defined]
+    assert err.code == status
     assert f"injected {status}" in str(err) and "http://" not in str(err)
 
 
@@ -79,9 +89,8 @@ def test_rate_limit_vs_quota(provider: VertexProvider, fake: FakeVertex) -> None
             "violations": [{"subject": "project:mlcloud-test", "description": "GPUs"}],
         }
     ]
-    assert raised(provider, fake, "RESOURCE_EXHAUSTED", details=failure).quota == (  # type: ignore[attr-defined]
-        "project:mlcloud-test"
-    )
+    quota = raised(provider, fake, "RESOURCE_EXHAUSTED", details=failure)
+    assert isinstance(quota, e.QuotaExceeded) and quota.quota == "project:mlcloud-test"
 
 
 def test_connection_refused_is_transient(home: object) -> None:
@@ -90,7 +99,7 @@ def test_connection_refused_is_transient(home: object) -> None:
     )
     with pytest.raises(Exception) as info:
         provider.clients.jobs.get_custom_job(name=JOB, timeout=5)
-    assert isinstance(translate(info.value, "describing job"), e.Transient)
+    assert isinstance(translate(info.value, provider.origin), e.Transient)
 
 
 def test_provider_calls_raise_mlcloud_errors(provider: VertexProvider, fake: FakeVertex) -> None:
@@ -101,11 +110,11 @@ def test_provider_calls_raise_mlcloud_errors(provider: VertexProvider, fake: Fak
         provider.deploy(
             provider.plan_deploy(Deployment(name="x", model="gs://mlcloud-staging/models/x"))
         )
-    assert err.value.hint and err.value.provider == "vertex"
+    assert err.value.hint and err.value.provider_type == "vertex"
+    assert err.value.profile == provider.name and "no aiplatform.models.upload" in str(err.value)
 
 
 def test_bugs_are_not_disguised(provider: VertexProvider) -> None:
-    from providers.vertex.errors import mapped
-
-    with pytest.raises(KeyError), mapped("doing something"):
+    assert translate(KeyError("a bug of ours"), provider.origin) is None
+    with pytest.raises(KeyError), provider.mapped():
         raise KeyError("a bug of ours")

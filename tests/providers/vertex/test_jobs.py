@@ -10,9 +10,10 @@ import pytest
 from google.cloud import aiplatform_v1
 
 from mlcloud.errors import NotFoundLocally, ProviderUnavailable, Transient
-from mlcloud.provider import JobState
+from mlcloud.records import JobState
 from mlcloud.specs import TrainingJob, load_job
 from providers.vertex import VertexProvider, states
+from providers.vertex.job_plan import VertexJobContext
 from tests.fakes.vertex import FakeVertex
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,9 +31,10 @@ def _job(tmp_path: Path, **fields: object) -> TrainingJob:
 def test_custom_job_as_received(provider: VertexProvider, fake: FakeVertex) -> None:
     plan = provider.plan_job(load_job(ROOT / "examples" / "ddp" / "job.yaml"))
     record = provider.submit_job(plan)
-    (received,) = fake.vertex.calls("CreateCustomJob")
-    # the fake parsed the body into aiplatform_v1.CustomJob: what arrived is what was planned
-    assert received == plan.steps[0].request["customJob"]
+    (received,) = fake.vertex.calls("JobService.CreateCustomJob")
+    # the fake parsed the URL and body into aiplatform_v1.CreateCustomJobRequest: what arrived
+    # is what was planned
+    assert received == plan.steps[0].request
     job = fake.vertex.jobs[record.native_id]
     assert len(job.job_spec.worker_pool_specs) == 2
     assert job.job_spec.scheduling.strategy == aiplatform_v1.Scheduling.Strategy.SPOT
@@ -40,7 +42,7 @@ def test_custom_job_as_received(provider: VertexProvider, fake: FakeVertex) -> N
     assert job.job_spec.scheduling.restart_job_on_worker_restart
     assert job.labels["mlcloud-job-id"] == record.id
     assert record.state is JobState.PENDING
-    assert record.outputs["model_dir"] == f"{plan.context['base_output']}/model"
+    assert record.outputs["model_dir"] == f"{plan.context_as(VertexJobContext).base_output}/model"
     assert provider.store.get_job(record.id).native_id == record.native_id
 
 
@@ -65,9 +67,9 @@ def test_staging_uploads_only_what_is_missing(
     assert 0 < third.details["staged_bytes"] < sent  # the data changed, the code did not
     env = {
         e["name"]: e["value"]
-        for e in fake.vertex.calls("CreateCustomJob")[-1]["jobSpec"]["workerPoolSpecs"][0][
-            "containerSpec"
-        ]["env"]
+        for e in fake.vertex.calls("JobService.CreateCustomJob")[-1]["customJob"]["jobSpec"][
+            "workerPoolSpecs"
+        ][0]["containerSpec"]["env"]
     }
     blob_key = env["MLCLOUD_INPUT_TRAIN"].removeprefix("gs://mlcloud-staging/") + "/a.csv"
     assert fake.storage.blobs[("mlcloud-staging", blob_key)].data == b"changed\n"
@@ -168,7 +170,7 @@ def test_lost_create_response_does_not_duplicate(
     record = provider.submit_job(provider.plan_job(_job(tmp_path)))
     assert len(fake.vertex.jobs) == 1
     assert record.native_id in fake.vertex.jobs
-    assert len(fake.vertex.calls("CreateCustomJob")) == 1
+    assert len(fake.vertex.calls("JobService.CreateCustomJob")) == 1
 
 
 def test_create_retried_when_nothing_was_created(
@@ -185,12 +187,12 @@ def test_reads_are_retried_bounded(
     record = provider.submit_job(provider.plan_job(_job(tmp_path)))
     fake.inject("GET", r"/customJobs/\d+$", "UNAVAILABLE", times=2)
     assert provider.job_status(record.id).state is JobState.PENDING
-    creates_before = len(fake.vertex.calls("CreateCustomJob"))
+    creates_before = len(fake.vertex.calls("JobService.CreateCustomJob"))
     fake.inject("POST", r"/customJobs$", "UNAVAILABLE", times=10)
     fake.inject("GET", r"/customJobs$", "UNAVAILABLE", times=1000)  # listing keeps failing too
     with pytest.raises(Transient):
         provider.submit_job(provider.plan_job(_job(tmp_path)))
-    assert len(fake.vertex.calls("CreateCustomJob")) == creates_before
+    assert len(fake.vertex.calls("JobService.CreateCustomJob")) == creates_before
 
 
 def test_unknown_job(provider: VertexProvider) -> None:
@@ -224,9 +226,8 @@ def test_concurrent_identical_upload_is_harmless(
 ) -> None:
     from providers.vertex import gcs
 
-    bucket = provider.clients.bucket
-    assert gcs.put_if_absent(bucket, "mlcloud/code/k.tar.gz", b"abc") == 3
+    assert gcs.put_if_absent(provider, "mlcloud/code/k.tar.gz", b"abc") == 3
     # another client uploaded it between our existence check and our create-only upload
     fake.inject("GET", r"/o/mlcloud/code/k\.tar\.gz$", "NOT_FOUND")
-    assert gcs.put_if_absent(bucket, "mlcloud/code/k.tar.gz", b"abc") == 0
+    assert gcs.put_if_absent(provider, "mlcloud/code/k.tar.gz", b"abc") == 0
     assert fake.storage.uploads == 1

@@ -17,6 +17,7 @@ from mlcloud.errors import ConfigError, SpecError, UnsupportedFeature
 from mlcloud.specs import TrainingJob, load_job
 from mlcloud.store import Store
 from providers.vertex import VertexProvider
+from providers.vertex.job_plan import VertexJobContext
 from tests.providers.vertex.conftest import settings_for
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -49,7 +50,7 @@ def test_golden_plan(planner: VertexProvider, example: str) -> None:
     request = request_of(plan)
     assert strict_roundtrip(request) == request, "the plan is canonical proto-JSON"
     # The code archive holds mlcloud's runtime and launcher too: its hash is not the plan's shape.
-    code_sha = plan.context["archive"].sha256
+    code_sha = plan.context_as(VertexJobContext).archive.sha256
     text = plan.to_json().replace(plan.id, "<id>").replace(code_sha, "<code-sha256>") + "\n"
     path = GOLDEN / f"{example}.json"
     if os.environ.get("MLCLOUD_UPDATE_GOLDEN") == "1":
@@ -81,7 +82,7 @@ def test_ddp_plan_is_multi_node_spot_gpu(planner: VertexProvider) -> None:
     assert job["labels"] == {"team": "ml", "mlcloud-job-id": plan.id, "mlcloud-name": "ddp"}
     assert job["jobSpec"]["network"] == "projects/123/global/networks/ml"
     assert job["jobSpec"]["serviceAccount"].startswith("trainer@")
-    code = plan.context["code_key"]
+    code = plan.context_as(VertexJobContext).code_key
     assert code.startswith("mlcloud/code/") and code.endswith(".tar.gz")
     assert f"/gcs/mlcloud-staging/{code}" in chief["containerSpec"]["command"]
 
@@ -93,7 +94,8 @@ def test_iris_inputs_are_content_addressed_gs_uris(planner: VertexProvider) -> N
     env = {e["name"]: e["value"] for e in pool["containerSpec"]["env"]}
     uri = env["MLCLOUD_INPUT_TRAIN"]
     assert uri.startswith("gs://mlcloud-staging/mlcloud/inputs/") and len(uri.split("/")[-1]) == 64
-    assert [u.key.rsplit("/", 1)[-1] for u in plan.context["uploads"]] == ["iris.csv"]
+    uploads = plan.context_as(VertexJobContext).uploads
+    assert [u.key.rsplit("/", 1)[-1] for u in uploads] == ["iris.csv"]
     assert "acceleratorType" not in pool["machineSpec"]
     assert pool["containerSpec"]["imageUri"].endswith("sklearn-cpu.1-5:latest")
     assert job["jobSpec"]["scheduling"] == {"timeout": "1800s"}
@@ -155,11 +157,11 @@ def test_missing_image_and_source(planner: VertexProvider, tmp_path: Path) -> No
 
 
 def test_bad_settings_are_config_errors(home: Path) -> None:
-    bad = VertexProvider(
-        Profile("gcp", "vertex", {"project": "p", "staging_bucket": "s3://x"}), Store.open()
-    )
+    # the base class validates the profile once, when the provider is made: before any plan
     with pytest.raises(ConfigError, match="staging_bucket"):
-        bad.plan_job(TrainingJob(name="x", command=["true"], image="i"))
+        VertexProvider(
+            Profile("gcp", "vertex", {"project": "p", "staging_bucket": "s3://x"}), Store.open()
+        )
 
 
 def test_dry_run_cost_without_the_google_sdk(tmp_path: Path) -> None:
@@ -171,6 +173,7 @@ from mlcloud.config import Profile
 from mlcloud.store import Store
 from mlcloud.specs import load_job
 from providers.vertex import VertexProvider
+from providers.vertex.job_plan import VertexJobContext
 t1 = time.perf_counter()
 p = VertexProvider(Profile("gcp", "vertex", {json.dumps(settings_for(FAKE_URL))}), Store.open())
 plan = p.plan_job(load_job({str(ROOT / "examples" / "ddp" / "job.yaml")!r}))

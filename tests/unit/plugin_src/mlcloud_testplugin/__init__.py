@@ -4,32 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mlcloud.provider import Capability, JobRecord, JobState, Plan, PlanStep, Provider, new_job_id
+from mlcloud.provider import Capability, Provider
+from mlcloud.records import JobRecord, JobState, Plan, PlanStep, new_job_id
 from mlcloud.specs import TrainingJob
 
 
-class EchoProvider(Provider):
+class EchoProvider(Provider[None]):
     """Runs nothing: a job 'succeeds' at submit and its log is its command line."""
 
     type = "echo"
     capabilities = frozenset({Capability.LOGS})
 
-    def plan_job(self, job: TrainingJob) -> Plan:
-        self.check_job(job)
-        request = {"command": list(job.command)}
-        return Plan(self.name, self.type, "job", new_job_id(job.name), job,
-                    (PlanStep("echo.Run", request),))  # fmt: skip
+    def _plan_job(self, job: TrainingJob) -> Plan[TrainingJob]:
+        step = PlanStep("echo.Run", {"command": list(job.command)})
+        return self.make_plan("job", new_job_id(job.name), job, (step,))
 
-    def submit_job(self, plan: Plan) -> JobRecord:
+    def _submit_job(self, plan: Plan[TrainingJob]) -> JobRecord:
         record = JobRecord(plan.id, plan.spec.name, self.name, self.type, JobState.SUCCEEDED,
                            details={"command": plan.steps[0].request["command"]})  # fmt: skip
         return self.store.add_job(record)
 
-    def job_status(self, job_id: str) -> JobRecord:
-        return self.store.get_job(job_id)
+    def _job_status(self, record: JobRecord) -> JobRecord:
+        return record
 
-    def job_logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
-        yield " ".join(self.store.get_job(job_id).details["command"])
+    def _job_logs(self, record: JobRecord, follow: bool) -> Iterator[str]:
+        yield " ".join(record.details["command"])
 
-    def cancel_job(self, job_id: str) -> JobRecord:
-        return self.store.get_job(job_id)
+    def _cancel_job(self, record: JobRecord) -> JobRecord:
+        return record

@@ -19,25 +19,31 @@ Compute: on ``serverless`` the VM size comes from the catalog (``machines.py``);
 cluster the cluster's VM size is used and only ``resources.instance_type.azureml`` is sent.
 ``spot: true`` sets ``queue_settings.job_tier: Spot`` (honoured by serverless compute; a
 cluster's own priority is set on the cluster).
+
+Nothing of azure-ai-ml is imported with this module, only inside the functions that build
+SDK entities.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlcloud import runtime
 from mlcloud.errors import SpecError, UnsupportedFeature
-from mlcloud.provider import Plan, PlanStep, new_job_id
+from mlcloud.records import Plan, PlanStep, new_job_id
 from providers.azureml import machines
 
 if TYPE_CHECKING:
-    from azure.ai.ml.entities import Command
+    from azure.ai.ml import Input, Output, PyTorchDistribution
+    from azure.ai.ml.entities import Command, Environment, QueueSettings
 
     from mlcloud.specs import TrainingJob
-    from providers.azureml import AzureMLProvider
+    from providers.azureml.provider import AzureMLProvider
+    from providers.azureml.settings import AzureMLSettings
 
 CREATE_JOB = "jobs.CreateOrUpdate"
 TAG_JOB_ID = "mlcloud-job-id"
@@ -51,12 +57,48 @@ REMOTE_SCHEMES = ("azureml://", "https://", "wasbs://", "abfss://")
 OUTPUTS = ("model", "output")  # always present: the launcher maps them onto MLCLOUD_*_DIR
 
 
+@dataclass(frozen=True)
+class JobContext:
+    """What planning computed that submitting and the record need."""
+
+    model_dir: str  # where the job's model output lands (azureml:// URI)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where the job runs: a cluster's ARM id and/or a VM size (``None``: not sent)."""
+
+    compute: str | None
+    instance_type: str | None
+
+
+# ---- refusals --------------------------------------------------------------------------------
+# ---- names and ids ---------------------------------------------------------------------------
 def native_name(job_id: str, attempt: int) -> str:
     """Azure job names are unique per workspace: attempt n > 1 gets its own."""
     return job_id if attempt <= 1 else f"{job_id}-a{attempt}"
 
 
-def environment(job: TrainingJob, provider: AzureMLProvider) -> Any:
+def arm_id(settings: AzureMLSettings, kind: str, name: str, version: str | None = None) -> str:
+    """The ARM id the SDK resolves a workspace asset to (it sends ids, not names)."""
+    base = (
+        f"/subscriptions/{settings.subscription_id}/resourceGroups/{settings.resource_group}/"
+        f"providers/Microsoft.MachineLearningServices/workspaces/{settings.workspace}/"
+        f"{kind}/{name}"
+    )
+    return f"{base}/versions/{version}" if version else base
+
+
+def environment_id(settings: AzureMLSettings, env: str | Environment) -> str:
+    """An inline image environment becomes the anonymous, content-hashed version the SDK
+    registers (``CliV2AnonymousEnvironment/versions/<sha256>``); references stay as written."""
+    if isinstance(env, str):
+        return env
+    return arm_id(settings, "environments", str(env.name), str(env.version))
+
+
+# ---- the steps of one command job ------------------------------------------------------------
+def environment(job: TrainingJob, provider: AzureMLProvider) -> str | Environment:
     """An ``azureml:`` environment reference, or an inline Environment for a container image."""
     from azure.ai.ml.entities import Environment
 
@@ -85,59 +127,42 @@ def environment(job: TrainingJob, provider: AzureMLProvider) -> Any:
     return configured if configured.startswith("azureml:") else f"azureml:{configured}"
 
 
-def arm_id(provider: AzureMLProvider, kind: str, name: str, version: str | None = None) -> str:
-    """The ARM id the SDK resolves a workspace asset to (it sends ids, not names)."""
-    conf = provider.settings
-    base = (
-        f"/subscriptions/{conf.subscription_id}/resourceGroups/{conf.resource_group}/providers/"
-        f"Microsoft.MachineLearningServices/workspaces/{conf.workspace}/{kind}/{name}"
-    )
-    return f"{base}/versions/{version}" if version else base
-
-
-def environment_id(provider: AzureMLProvider, env: Any) -> str:
-    """An inline image environment becomes the anonymous, content-hashed version the SDK
-    registers (``CliV2AnonymousEnvironment/versions/<sha256>``); references stay as written."""
-    if isinstance(env, str):
-        return env
-    return arm_id(provider, "environments", env.name, env.version)
-
-
-def _remote(value: str, what: str, provider: AzureMLProvider) -> str:
+def _remote(value: str, what: str, where: str) -> str:
     if value.startswith(REMOTE_SCHEMES):
         return value.rstrip("/")
     raise UnsupportedFeature(
         f"{what} {value!r}",
-        provider.where,
+        where,
         hint="use an azureml://datastores/<name>/paths/... URI (or https:// blob URL)",
     )
 
 
-def _inputs(job: TrainingJob, provider: AzureMLProvider) -> dict[str, Any]:
+def inputs(job: TrainingJob, where: str) -> dict[str, Input]:
+    """Remote inputs as URIs; local paths are uploaded by the SDK at submit."""
     from azure.ai.ml import Input
 
-    out: dict[str, Any] = {}
+    out: dict[str, Input] = {}
     for name, value in sorted(job.inputs.items()):
         if "://" in value and not value.startswith("file://"):
-            uri = _remote(value, f"input {name!r}", provider)
+            uri = _remote(value, f"input {name!r}", where)
             kind = "uri_file" if Path(uri).suffix else "uri_folder"
             out[name] = Input(type=kind, path=uri)
             continue
         path = Path(value.removeprefix("file://"))
         if not path.exists():
             raise SpecError(f"inputs.{name}: {path} does not exist")
-        # A local path: the SDK uploads it to the workspace datastore at submit.
         out[name] = Input(type="uri_file" if path.is_file() else "uri_folder", path=str(path))
     return out
 
 
 def output_base(job: TrainingJob, job_id: str, provider: AzureMLProvider) -> str:
     if job.output:
-        return _remote(job.output, "output", provider)
+        return _remote(job.output, "output", provider.where)
     return f"azureml://datastores/{provider.settings.datastore}/paths/mlcloud/jobs/{job_id}"
 
 
-def _outputs(job: TrainingJob, job_id: str, provider: AzureMLProvider) -> dict[str, Any]:
+def outputs(job: TrainingJob, job_id: str, provider: AzureMLProvider) -> dict[str, Output]:
+    """model/ and output/ under the job's folder, and the checkpoint folder when asked for."""
     from azure.ai.ml import Output
 
     base = output_base(job, job_id, provider)
@@ -148,12 +173,12 @@ def _outputs(job: TrainingJob, job_id: str, provider: AzureMLProvider) -> dict[s
         # Keyed by the mlcloud job id, not the attempt: a re-submitted attempt resumes from it.
         out["checkpoints"] = Output(type="uri_folder", path=f"{base}/checkpoints", mode="rw_mount")
     elif job.checkpoint:
-        path = _remote(job.checkpoint, "checkpoint", provider)
+        path = _remote(job.checkpoint, "checkpoint", provider.where)
         out["checkpoints"] = Output(type="uri_folder", path=path, mode="rw_mount")
     return out
 
 
-def command_line(job: TrainingJob, inputs: dict[str, Any], outputs: dict[str, Any]) -> str:
+def command_line(job: TrainingJob, input_names: list[str], output_names: list[str]) -> str:
     """The launcher line; Azure ML substitutes ``${{inputs.x}}`` / ``${{outputs.y}}``."""
     from providers.common.bootstrap import launcher_args
     from providers.common.staging import LAUNCHER_PATH
@@ -163,58 +188,73 @@ def command_line(job: TrainingJob, inputs: dict[str, Any], outputs: dict[str, An
         command=list(job.command),
         nproc_per_node=job.procs_per_node,
         distributed=job.distributed,
-        inputs={name: "${{inputs." + name + "}}" for name in inputs},
-        outputs={name: "${{outputs." + name + "}}" for name in outputs},
+        inputs={name: "${{inputs." + name + "}}" for name in input_names},
+        outputs={name: "${{outputs." + name + "}}" for name in output_names},
     )
     return shlex.join(["python", LAUNCHER_PATH, *args])
 
 
-def build_command(
-    provider: AzureMLProvider, job: TrainingJob, job_id: str, attempt: int, code: str
-) -> Command:
-    """The SDK's command job entity for one attempt; ``code`` is a local directory."""
-    from azure.ai.ml import PyTorchDistribution, command
-    from azure.ai.ml.entities import QueueSettings
-
-    from providers.azureml.clients import quiet_sdk
-
-    quiet_sdk()
-    conf = provider.settings
-    inputs = _inputs(job, provider)
-    outputs = _outputs(job, job_id, provider)
-    env = {
+def env_vars(job: TrainingJob, job_id: str) -> dict[str, str]:
+    return {
         **job.env,
         runtime.ENV_JOB_ID: job_id,
         runtime.ENV_PROVIDER_TYPE: "azureml",
         runtime.ENV_HPARAMS: json.dumps(job.hyperparameters, sort_keys=True),
     }
-    kwargs: dict[str, Any] = {}
+
+
+def compute(job: TrainingJob, provider: AzureMLProvider) -> Compute:
+    """Serverless: a catalog VM size. A cluster: its ARM id (what the SDK sends), and a VM
+    size only when the job names one."""
+    conf = provider.settings
     if conf.serverless:
-        kwargs["instance_type"] = machines.pick(job.resources, provider.where, conf.instance_type)
-    else:
-        kwargs["compute"] = arm_id(provider, "computes", conf.compute)  # what the SDK sends
-        override = machines.explicit(job.resources, None)
-        if override:
-            kwargs["instance_type"] = override
-    if job.distributed:
-        kwargs["distribution"] = PyTorchDistribution(process_count_per_instance=1)
-    if job.spot:
-        kwargs["queue_settings"] = QueueSettings(job_tier="Spot")
+        return Compute(None, machines.pick(job.resources, provider.where, conf.instance_type))
+    return Compute(arm_id(conf, "computes", conf.compute), machines.explicit(job.resources, None))
+
+
+def distribution(job: TrainingJob) -> PyTorchDistribution | None:
+    from azure.ai.ml import PyTorchDistribution
+
+    return PyTorchDistribution(process_count_per_instance=1) if job.distributed else None
+
+
+def queue_settings(job: TrainingJob) -> QueueSettings | None:
+    from azure.ai.ml.entities import QueueSettings
+
+    return QueueSettings(job_tier="Spot") if job.spot else None
+
+
+def build_command(
+    provider: AzureMLProvider, job: TrainingJob, job_id: str, attempt: int, code: str
+) -> Command:
+    """The SDK's command job entity for one attempt; ``code`` is a local directory or the id
+    of an uploaded code asset."""
+    from azure.ai.ml import command
+
+    from providers.azureml.clients import quiet_sdk
+
+    quiet_sdk()
+    job_inputs = inputs(job, provider.where)
+    job_outputs = outputs(job, job_id, provider)
+    where = compute(job, provider)
     return command(
         name=native_name(job_id, attempt),
         display_name=job.name,
         experiment_name=job.name,
         description=f"mlcloud job {job_id}, attempt {attempt}",
         code=code,
-        command=command_line(job, inputs, outputs),
+        command=command_line(job, list(job_inputs), list(job_outputs)),
         environment=environment(job, provider),
-        environment_variables=env,
-        inputs=inputs,
-        outputs=outputs,
+        environment_variables=env_vars(job, job_id),
+        inputs=job_inputs,
+        outputs=job_outputs,
         instance_count=job.max_nodes,
         timeout=job.max_runtime_seconds,
-        tags={**conf.tags, TAG_JOB_ID: job_id, TAG_ATTEMPT: str(attempt)},
-        **kwargs,
+        tags={**provider.settings.tags, TAG_JOB_ID: job_id, TAG_ATTEMPT: str(attempt)},
+        compute=where.compute,
+        instance_type=where.instance_type,
+        distribution=distribution(job),
+        queue_settings=queue_settings(job),
     )
 
 
@@ -228,29 +268,16 @@ def rest_body(entity: Command) -> dict[str, Any]:
     return body
 
 
-def plan_job(provider: AzureMLProvider, job: TrainingJob) -> Plan:
+# ---- the plan --------------------------------------------------------------------------------
+def plan_job(provider: AzureMLProvider, job: TrainingJob) -> Plan[TrainingJob]:
+    """One ``jobs.CreateOrUpdate`` step: attempt 1 of the job, its code the local source."""
     from providers.common.staging import source_dir
 
-    if job.elastic:
-        raise UnsupportedFeature(
-            "elastic nodes {min, max}",
-            provider.where,
-            hint="Azure ML command jobs run a fixed instance_count: use nodes: N "
-            "(max_restarts re-submits the job after a failure)",
-        )
-    provider.check_job(job)
     source = source_dir(job.source)
     job_id = new_job_id(job.name)
     entity = build_command(provider, job, job_id, attempt=1, code=str(source))
     # The SDK registers an inline image environment before the PUT and sends its id.
-    entity.environment = environment_id(provider, entity.environment)
-    body = rest_body(entity)
-    return Plan(
-        provider=provider.name,
-        type=provider.type,
-        kind="job",
-        id=job_id,
-        spec=job,
-        steps=(PlanStep(CREATE_JOB, body),),
-        context={"model_dir": f"{output_base(job, job_id, provider)}/model"},
-    )
+    entity.environment = environment_id(provider.settings, entity.environment)
+    step = PlanStep(CREATE_JOB, rest_body(entity))
+    context = JobContext(model_dir=f"{output_base(job, job_id, provider)}/model")
+    return provider.make_plan("job", job_id, job, [step], context=context)

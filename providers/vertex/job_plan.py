@@ -1,10 +1,10 @@
 """TrainingJob -> the proto-JSON of ``aiplatform_v1.CreateCustomJobRequest`` (pure).
 
-The request is built as a plain proto-JSON dict (camelCase, enum names, int64 as strings) without
-importing the Vertex SDK, so ``--dry-run`` stays cheap; ``jobs.submit_job`` parses this very
-dict into the proto (strictly: unknown fields are an error) and sends it. Nothing is uploaded
-here: the source archive and local inputs are hashed in memory, and their content-addressed GCS
-keys go into the plan so that submitting uploads only what the bucket lacks.
+The request is built as plain proto-JSON (:mod:`providers.vertex.protojson`: camelCase, enum
+names, int64 as strings) without importing the Vertex SDK, so ``--dry-run`` stays cheap;
+``jobs.submit`` parses this very dict into the proto (strictly: unknown fields are an error)
+and sends it. Nothing is uploaded here: the source archive and local inputs are hashed, and their
+content-addressed GCS keys go into the plan so that submitting uploads only what the bucket lacks.
 """
 
 from __future__ import annotations
@@ -12,16 +12,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlcloud import runtime
 from mlcloud.errors import SpecError, UnsupportedFeature
-from mlcloud.provider import Plan, PlanStep, new_job_id
+from mlcloud.records import Plan, PlanStep, new_job_id
 from providers.vertex import machines
 
 if TYPE_CHECKING:
     from mlcloud.specs import TrainingJob
-    from providers.vertex import VertexProvider
+    from providers.common.staging import SourceArchive
+    from providers.vertex.protojson import (
+        ContainerSpec,
+        CreateCustomJobRequest,
+        CustomJob,
+        CustomJobSpec,
+        Scheduling,
+        WorkerPoolSpec,
+    )
+    from providers.vertex.provider import VertexProvider
     from providers.vertex.settings import VertexSettings
 
 CREATE_CUSTOM_JOB = "JobService.CreateCustomJob"
@@ -44,12 +53,62 @@ class Upload:
     prefix: str  # the content-hashed folder it belongs to (one completion marker per folder)
 
 
+@dataclass(frozen=True)
+class VertexJobContext:
+    """What planning computed and submitting needs: the archive to stage and where it goes."""
+
+    archive: SourceArchive
+    code_key: str
+    uploads: tuple[Upload, ...]
+    base_output: str  # gs:// prefix of the job's outputs (AIP_MODEL_DIR is <base>/model)
+
+
 def gcs_path(bucket: str, key: str) -> str:
     """Where Vertex's Cloud Storage FUSE mount shows ``gs://bucket/key`` inside the container."""
     return f"/gcs/{bucket}/{key}"
 
 
+def plan_job(provider: VertexProvider, job: TrainingJob) -> Plan[TrainingJob]:
+    from providers.common.staging import code_key, pack_source, source_dir
+
+    conf, where = provider.settings, provider.where
+    source = source_dir(job.source)
+    _check_output(job, where)
+    job_id = new_job_id(job.name)
+    archive = pack_source(source)
+    code = code_key(conf.prefix, archive)
+    base_output = (job.output or f"gs://{conf.bucket}/{conf.prefix}/jobs/{job_id}").rstrip("/")
+
+    machine = machines.pick(job.resources, where)
+    image = _image(job, conf, gpu=machine.accelerator_count > 0, where=where)
+    inputs, uploads = _inputs(job, conf, where)
+    env = _env(job, job_id, base_output, inputs, where)
+    container: ContainerSpec = {
+        "imageUri": image,
+        "command": _command(job, conf, code),
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+    }
+    custom_job: CustomJob = {
+        "displayName": job_id,
+        "jobSpec": _job_spec(job, conf, _pools(job, conf, machine, container), base_output),
+        "labels": {**conf.labels, LABEL_JOB_ID: job_id, "mlcloud-name": job.name},
+    }
+    request: CreateCustomJobRequest = {"parent": conf.parent, "customJob": custom_job}
+    context = VertexJobContext(archive, code, tuple(uploads), base_output)
+    step = PlanStep(call=CREATE_CUSTOM_JOB, request=request)
+    return provider.make_plan("job", job_id, job, (step,), context=context)
+
+
+# ---- the steps, in the order plan_job takes them ----------------------------------------------
+def _check_output(job: TrainingJob, where: str) -> None:
+    if job.output is not None and not job.output.startswith("gs://"):
+        raise UnsupportedFeature(
+            f"output {job.output!r}", where, hint="use a gs:// URI or leave output unset"
+        )
+
+
 def _image(job: TrainingJob, conf: VertexSettings, gpu: bool, where: str) -> str:
+    """The job's image, the profile's, or Vertex's prebuilt container for the framework."""
     if job.image:
         return job.image
     if conf.training_image:
@@ -74,6 +133,7 @@ def _image(job: TrainingJob, conf: VertexSettings, gpu: bool, where: str) -> str
 def _inputs(
     job: TrainingJob, conf: VertexSettings, where: str
 ) -> tuple[dict[str, str], list[Upload]]:
+    """Each input as a gs:// URI; local ones under their content digest, with the uploads."""
     from providers.common.staging import tree_digest
 
     uris: dict[str, str] = {}
@@ -98,6 +158,24 @@ def _inputs(
     return uris, uploads
 
 
+def _env(
+    job: TrainingJob, job_id: str, base_output: str, inputs: dict[str, str], where: str
+) -> dict[str, str]:
+    """The job's env, then mlcloud's runtime contract (job id, hyperparameters, dirs, inputs)."""
+    env = {
+        **job.env,
+        runtime.ENV_JOB_ID: job_id,
+        runtime.ENV_PROVIDER_TYPE: "vertex",
+        runtime.ENV_HPARAMS: json.dumps(job.hyperparameters, sort_keys=True),
+        runtime.ENV_OUTPUT_DIR: f"{base_output}/output",
+        **{runtime.input_env_name(k): v for k, v in inputs.items()},
+    }
+    checkpoint = _checkpoint(job, base_output, where)
+    if checkpoint:
+        env[runtime.ENV_CHECKPOINT_DIR] = checkpoint
+    return env
+
+
 def _checkpoint(job: TrainingJob, base_output: str, where: str) -> str | None:
     if job.checkpoint is None:
         return None
@@ -112,33 +190,11 @@ def _checkpoint(job: TrainingJob, base_output: str, where: str) -> str | None:
     return job.checkpoint
 
 
-def plan_job(provider: VertexProvider, job: TrainingJob) -> Plan:
+def _command(job: TrainingJob, conf: VertexSettings, code: str) -> list[str]:
+    """The container command: unpack the code archive from the GCS mount, then launch."""
     from providers.common.bootstrap import bootstrap_argv
-    from providers.common.staging import code_key, pack_source, source_dir
 
-    conf = provider.settings
-    where = provider.where
-    if job.elastic:
-        raise UnsupportedFeature(
-            "elastic nodes {min, max}",
-            where,
-            hint="Vertex worker pools have a fixed replica count: use nodes: N "
-            "(max_restarts restarts the whole job after a worker failure)",
-        )
-    source = source_dir(job.source)
-    if job.output is not None and not job.output.startswith("gs://"):
-        raise UnsupportedFeature(
-            f"output {job.output!r}", where, hint="use a gs:// URI or leave output unset"
-        )
-
-    job_id = new_job_id(job.name)
-    archive = pack_source(source)
-    code = code_key(conf.prefix, archive)
-    base_output = (job.output or f"gs://{conf.bucket}/{conf.prefix}/jobs/{job_id}").rstrip("/")
-    machine = machines.pick(job.resources, where)
-    image = _image(job, conf, gpu=machine.accelerator_count > 0, where=where)
-    inputs, uploads = _inputs(job, conf, where)
-    argv = bootstrap_argv(
+    return bootstrap_argv(
         gcs_path(conf.bucket, code),
         platform="vertex",
         command=list(job.command),
@@ -146,39 +202,36 @@ def plan_job(provider: VertexProvider, job: TrainingJob) -> Plan:
         distributed=job.distributed,
     )
 
-    env = {
-        **job.env,
-        runtime.ENV_JOB_ID: job_id,
-        runtime.ENV_PROVIDER_TYPE: "vertex",
-        runtime.ENV_HPARAMS: json.dumps(job.hyperparameters, sort_keys=True),
-        runtime.ENV_OUTPUT_DIR: f"{base_output}/output",
-        **{runtime.input_env_name(k): v for k, v in inputs.items()},
-    }
-    checkpoint = _checkpoint(job, base_output, where)
-    if checkpoint:
-        env[runtime.ENV_CHECKPOINT_DIR] = checkpoint
 
-    def pool(replicas: int) -> dict[str, Any]:
+def _pools(
+    job: TrainingJob, conf: VertexSettings, machine: machines.Machine, container: ContainerSpec
+) -> list[WorkerPoolSpec]:
+    """Distribution: pool 0 is the chief; a multi-node job adds one pool of the other nodes."""
+
+    def pool(replicas: int) -> WorkerPoolSpec:
         return {
             "machineSpec": machine.spec(),
             "replicaCount": str(replicas),  # int64: a string in proto-JSON
             "diskSpec": {"bootDiskType": conf.boot_disk_type, "bootDiskSizeGb": conf.boot_disk_gb},
-            "containerSpec": {
-                "imageUri": image,
-                "command": argv,
-                "env": [{"name": k, "value": v} for k, v in env.items()],
-            },
+            "containerSpec": container,
         }
 
-    pools = [pool(1)]  # pool 0: the chief
+    pools = [pool(1)]
     if job.max_nodes > 1:
         pools.append(pool(job.max_nodes - 1))
-    scheduling: dict[str, Any] = {"timeout": f"{job.max_runtime_seconds}s"}
+    return pools
+
+
+def _job_spec(
+    job: TrainingJob, conf: VertexSettings, pools: list[WorkerPoolSpec], base_output: str
+) -> CustomJobSpec:
+    """Scheduling (timeout, restarts, spot), outputs, and the profile's identity and network."""
+    scheduling: Scheduling = {"timeout": f"{job.max_runtime_seconds}s"}
     if job.max_restarts:
         scheduling["restartJobOnWorkerRestart"] = True
     if job.spot:
         scheduling["strategy"] = "SPOT"
-    spec: dict[str, Any] = {
+    spec: CustomJobSpec = {
         "workerPoolSpecs": pools,
         "scheduling": scheduling,
         "baseOutputDirectory": {"outputUriPrefix": base_output},
@@ -187,23 +240,4 @@ def plan_job(provider: VertexProvider, job: TrainingJob) -> Plan:
         spec["serviceAccount"] = conf.service_account
     if conf.network:
         spec["network"] = conf.network
-    custom_job = {
-        "displayName": job_id,
-        "jobSpec": spec,
-        "labels": {**conf.labels, LABEL_JOB_ID: job_id, "mlcloud-name": job.name},
-    }
-    request = {"parent": conf.parent, "customJob": custom_job}
-    return Plan(
-        provider=provider.name,
-        type=provider.type,
-        kind="job",
-        id=job_id,
-        spec=job,
-        steps=(PlanStep(call=CREATE_CUSTOM_JOB, request=request),),
-        context={
-            "archive": archive,
-            "code_key": code,
-            "uploads": tuple(uploads),
-            "base_output": base_output,
-        },
-    )
+    return spec

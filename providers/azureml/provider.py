@@ -1,0 +1,130 @@
+"""AzureMLProvider: thin hooks over ``jobs.py``, ``logs.py`` and ``endpoints.py``.
+
+Importing this module loads no Azure SDK: each hook imports its module when called, and the
+MLClient is built on first use (``clients``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mlcloud import registry
+from mlcloud.provider import Capability, Provider
+from providers.azureml import errors
+from providers.azureml.settings import AzureMLSettings
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.core.pipeline.transport import HttpTransport
+
+    from mlcloud.config import Profile
+    from mlcloud.records import EndpointRecord, JobRecord, Plan
+    from mlcloud.specs import Deployment, TrainingJob
+    from mlcloud.store import Store
+    from providers.azureml.clients import AzureClients
+
+
+class AzureMLProvider(Provider[AzureMLSettings]):
+    type = "azureml"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.MULTI_NODE,
+            Capability.SPOT,
+            Capability.GPU,
+            Capability.CHECKPOINT,
+            Capability.RESTARTS,
+            Capability.LOGS,
+            Capability.ENDPOINTS,
+            Capability.TRAFFIC_SPLIT,
+            Capability.REGISTRY,
+        }
+    )
+    refusal_hints = {
+        Capability.ELASTIC: "Azure ML command jobs run a fixed instance_count: use nodes: N "
+        "(max_restarts re-submits the job after a failure)",
+    }
+    settings_model = AzureMLSettings
+    # Annotated again: mypy reads a callable ClassVar as a method and would bind its first
+    # argument; the base class calls it unbound, through the class.
+    translate_error = staticmethod(errors.translate)
+    poll_interval: float = 5.0  # seconds between refreshes while following logs
+
+    def __init__(
+        self,
+        profile: Profile,
+        store: Store,
+        *,
+        credential: TokenCredential | None = None,
+        transport: HttpTransport[Any, Any] | None = None,
+    ) -> None:
+        # Also when built directly rather than through the registry (tests, scripts).
+        registry.require_installed(registry.BUILTIN[self.type])
+        super().__init__(profile, store)
+        self._credential = credential
+        self._transport = transport
+
+    @cached_property
+    def clients(self) -> AzureClients:
+        """The provider's one MLClient (``clients.ml``), built on first use."""
+        from providers.azureml.clients import AzureClients
+
+        return AzureClients(self.settings, self._credential, self._transport)
+
+    # ---- jobs ------------------------------------------------------------------------------
+    def _plan_job(self, job: TrainingJob) -> Plan[TrainingJob]:
+        from providers.azureml.job_plan import plan_job
+
+        return plan_job(self, job)
+
+    def _submit_job(self, plan: Plan[TrainingJob]) -> JobRecord:
+        from providers.azureml import jobs
+
+        return jobs.submit(self, plan)
+
+    def _job_status(self, record: JobRecord) -> JobRecord:
+        from providers.azureml import jobs
+
+        return jobs.status(self, record)
+
+    def _advance_job(self, record: JobRecord) -> JobRecord:
+        from providers.azureml import jobs
+
+        return jobs.advance(self, record)
+
+    def _job_logs(self, record: JobRecord, follow: bool) -> Iterator[str]:
+        from providers.azureml.logs import job_logs
+
+        return job_logs(self, record, follow)
+
+    def _cancel_job(self, record: JobRecord) -> JobRecord:
+        from providers.azureml import jobs
+
+        return jobs.cancel(self, record)
+
+    # ---- endpoints -------------------------------------------------------------------------
+    def _plan_deploy(self, deployment: Deployment) -> Plan[Deployment]:
+        from providers.azureml.endpoint_plan import plan_deploy
+
+        return plan_deploy(self, deployment)
+
+    def _deploy(self, plan: Plan[Deployment]) -> EndpointRecord:
+        from providers.azureml import endpoints
+
+        return endpoints.deploy(self, plan)
+
+    def _endpoint_status(self, name: str) -> EndpointRecord:
+        from providers.azureml import endpoints
+
+        return endpoints.status(self, name)
+
+    def _predict(self, name: str, payload: Any) -> Any:
+        from providers.azureml import endpoints
+
+        return endpoints.predict(self, name, payload)
+
+    def _undeploy(self, name: str) -> EndpointRecord | None:
+        from providers.azureml import endpoints
+
+        return endpoints.undeploy(self, name)
