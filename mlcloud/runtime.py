@@ -93,7 +93,7 @@ def input_dir(name: str) -> Path:
     value = os.environ.get(input_env_name(name))
     if not value:
         known = sorted(
-            k.removeprefix(ENV_INPUT_PREFIX).lower()
+            k[len(ENV_INPUT_PREFIX) :].lower()  # no str.removeprefix: runs on 3.8
             for k in os.environ
             if k.startswith(ENV_INPUT_PREFIX)
         )

@@ -134,9 +134,12 @@ def gcs_to_fuse(uri: str, fs_root: Path = Path("/")) -> str:
 
 def env_for_vertex(environ: Mapping[str, str], fs_root: Path = Path("/")) -> dict[str, str]:
     out: dict[str, str] = {}
-    for aip, ours in (("AIP_MODEL_DIR", MODEL_DIR), ("AIP_CHECKPOINT_DIR", CHECKPOINT_DIR)):
-        if environ.get(aip):
-            out[ours] = gcs_to_fuse(environ[aip], fs_root)
+    # What the plan set explicitly wins over Vertex's defaults. AIP_CHECKPOINT_DIR is never
+    # used on its own: Vertex sets it for every job with an output directory, and a job with no
+    # checkpoint configured must not get one silently (`checkpoint: auto` is planned as that
+    # same location, passed as MLCLOUD_CHECKPOINT_DIR).
+    if environ.get("AIP_MODEL_DIR") and not environ.get(MODEL_DIR):
+        out[MODEL_DIR] = gcs_to_fuse(environ["AIP_MODEL_DIR"], fs_root)
     # An explicit `output:` from the provider beats the TensorBoard dir, which Vertex only sets
     # when a TensorBoard instance is attached.
     if environ.get("AIP_TENSORBOARD_LOG_DIR") and not environ.get(OUTPUT_DIR):
@@ -164,7 +167,12 @@ def env_for_vertex(environ: Mapping[str, str], fs_root: Path = Path("/")) -> dic
         out[NODE_RANK] = str(rank)
         chief = cluster.get("workerpool0") or (cluster[pools[0]] if pools else [])
         if chief:
-            out["MASTER_ADDR"] = chief[0].rsplit(":", 1)[0]
+            # Replica hosts are service names that expose only the port CLUSTER_SPEC gives
+            # ("workerpool0-0:2222"): the rendezvous must use it, not torchrun's 29500.
+            host, _, port = chief[0].rpartition(":")
+            out["MASTER_ADDR"] = host if port.isdigit() else chief[0]
+            if port.isdigit():
+                out["MASTER_PORT"] = port
     # Vertex's PyTorch containers set these themselves; theirs win.
     for key in ("MASTER_ADDR", "MASTER_PORT"):
         if environ.get(key):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlcloud.errors import ConfigError
+from providers.common import names
 
 
 class SageMakerSettings(BaseModel):
@@ -37,6 +38,16 @@ class SageMakerSettings(BaseModel):
     log_poll_seconds: float = Field(default=5.0, gt=0)
     wait_poll_seconds: float = Field(default=15.0, gt=0)
     endpoint_wait_seconds: float = Field(default=1800.0, gt=0)
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        return v if v is None else names.s3_bucket(v)
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role(cls, v: str | None) -> str | None:
+        return v if v is None else names.iam_role_arn(v)
 
     def resolved_region(self) -> str:
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")

@@ -6,6 +6,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from providers.common import names
+
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 
@@ -49,7 +51,18 @@ class VertexSettings(BaseModel):
     def _gs(cls, v: str) -> str:
         if not v.startswith("gs://") or len(v) <= len("gs://"):
             raise ValueError("must be a gs://bucket[/prefix] URI")
+        names.gcs_bucket(v[len("gs://") :].split("/", 1)[0])
         return v.rstrip("/")
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        return names.gcp_location(v)
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str) -> str:
+        return names.gcp_project(v)
 
     @field_validator("labels")
     @classmethod

@@ -131,7 +131,8 @@ def test_vertex_container_contract(tmp_path: Path) -> None:
     dumped, stderr = dump_run(tmp_path, "vertex", env)
     gcs = root / "gcs"
     assert dumped["MLCLOUD_MODEL_DIR"] == str(gcs / "bkt/jobs/j1/model")
-    assert dumped["MLCLOUD_CHECKPOINT_DIR"] == str(gcs / "bkt/jobs/j1/checkpoints")
+    # Vertex sets AIP_CHECKPOINT_DIR for every job: none was configured, so none is given.
+    assert "MLCLOUD_CHECKPOINT_DIR" not in dumped
     assert dumped["MLCLOUD_OUTPUT_DIR"] == str(gcs / "bkt/tb/j1")
     assert dumped["MLCLOUD_INPUT_TRAIN"] == str(gcs / "data/iris/train")
     assert dumped["MLCLOUD_INPUT_LOCAL"] == "/already/local"
@@ -407,3 +408,41 @@ def test_two_sagemaker_hosts_rendezvous(tmp_path: Path) -> None:
         assert dumped["MASTER_ADDR"] == "127.0.0.1" and dumped["MASTER_PORT"] == port
         assert dumped["hparams"] == {"lr": 0.1}
     assert "node_rank=1 num_nodes=2" in results[0][1]
+
+
+def test_vertex_explicit_checkpoint_wins_over_aip(tmp_path: Path) -> None:
+    """``checkpoint: gs://other/ckpts`` is passed as MLCLOUD_CHECKPOINT_DIR; Vertex's own
+    AIP_CHECKPOINT_DIR (under the job's output) must not replace it (issue 10, item 7)."""
+    mapped = launcher.env_for_vertex(
+        {
+            "AIP_CHECKPOINT_DIR": "gs://bkt/jobs/j1/checkpoints/",
+            "AIP_MODEL_DIR": "gs://bkt/jobs/j1/model/",
+            "MLCLOUD_CHECKPOINT_DIR": "gs://other-bucket/ckpts",
+            "MLCLOUD_MODEL_DIR": "gs://mine/model",
+        },
+        Path("/"),
+    )
+    assert mapped["MLCLOUD_CHECKPOINT_DIR"] == "/gcs/other-bucket/ckpts"
+    assert mapped["MLCLOUD_MODEL_DIR"] == "/gcs/mine/model"
+
+
+def test_vertex_two_replicas_rendezvous_on_the_cluster_spec_port(tmp_path: Path) -> None:
+    """Vertex replicas are service names exposing only CLUSTER_SPEC's port (issue 10, item 6):
+    torchrun must rendezvous there, not on 29500, on every replica."""
+    cluster = {
+        "workerpool0": ["cmle-training-workerpool0-ab12-0:2222"],
+        "workerpool1": ["cmle-training-workerpool1-ab12-0:2222"],
+    }
+    for task, rank in (("workerpool0", "0"), ("workerpool1", "1")):
+        spec = {"cluster": cluster, "environment": "cloud", "task": {"type": task, "index": 0}}
+        env = launcher.build_env(
+            launcher.parse_args(["--platform", "vertex", "--", "python", "train.py"]),
+            {"CLUSTER_SPEC": json.dumps(spec)},
+            tmp_path,
+        )
+        argv = launcher.build_command(
+            launcher.parse_args(["--platform", "vertex", "--", "python", "train.py"]), env
+        )
+        assert "--master-addr=cmle-training-workerpool0-ab12-0" in argv
+        assert "--master-port=2222" in argv
+        assert (f"--node-rank={rank}", "--nnodes=2") == (argv[4], argv[3])
