@@ -22,12 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
-from mlcloud import registry
+from mlcloud import modeldir, registry
 from mlcloud.config import Profile, load_config
-from mlcloud.errors import MlcloudError, NotFoundLocally, ProviderUnavailable, SpecError, Transient
+from mlcloud.errors import (
+    MlcloudError,
+    NotFoundLocally,
+    ProviderUnavailable,
+    SpecError,
+    Transient,
+)
 from mlcloud.provider import Provider
 from mlcloud.records import EndpointRecord, JobRecord, JobState, Plan
-from mlcloud.specs import Deployment, ReplicaRange, TrainingJob, load_job, validate_spec
+from mlcloud.specs import Deployment, TrainingJob, TrustGrant, load_job, validate_spec
 from mlcloud.store import Store
 
 JobLike = TrainingJob | str | Path
@@ -111,7 +117,12 @@ def write_starter_config(path: str | Path, force: bool = False) -> Path:
     target = Path(path)
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists", hint="use --force to overwrite it")
-    target.write_text(STARTER, encoding="utf-8")
+    try:
+        target.write_text(STARTER, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write {target}: {e.strerror or e}", hint="choose another --path"
+        ) from None
     return target
 
 
@@ -161,8 +172,44 @@ def job(job_id: str) -> Job:
 
 
 def list_jobs(provider: str | None = None, limit: int = 50) -> list[JobRecord]:
-    """Jobs in the local state store (all providers, or one profile's), newest first."""
-    return Store.open().list_jobs(provider=provider, limit=limit)
+    """Jobs in the local state store (all providers, or one profile's), newest first. An
+    unfinished job of a provider whose status is a local look (``status_is_local``) is
+    refreshed: a job whose processes died shows as such, not as RUNNING; no cloud is called."""
+    store = Store.open()
+    providers: dict[str, Provider[Any] | None] = {}
+
+    def refreshed(record: JobRecord) -> JobRecord:
+        if record.state.terminal:
+            return record
+        if record.provider not in providers:
+            try:
+                local = registry.provider_class(record.type).status_is_local
+                providers[record.provider] = (
+                    provider_named(record.provider, store) if local else None
+                )
+            except MlcloudError:  # a provider no longer installed or configured: as stored
+                providers[record.provider] = None
+        prov = providers[record.provider]
+        try:
+            return prov.job_status(record.id) if prov is not None else record
+        except MlcloudError:  # one job that cannot be looked at does not fail the listing
+            return record
+
+    return [refreshed(r) for r in store.list_jobs(provider=provider, limit=limit)]
+
+
+def recover_store() -> dict[str, Any]:
+    """Rebuild a damaged or emptied state store from its newest sound backup and the copies of
+    job records in the job directories (``mlcloud.store.recover``); returns what was done."""
+    from mlcloud import store
+
+    return store.recover(store.mlcloud_home() / "state.db")
+
+
+def backup_store() -> Path | None:
+    """Back up the state store now (SQLite's online backup API); ``None`` when the copy was
+    not kept (it failed its check or holds fewer jobs than the newest backup)."""
+    return Store.open().backup()
 
 
 class Job:
@@ -240,7 +287,10 @@ class Job:
 
 # ---- endpoints ------------------------------------------------------------------------------
 class DeployOptions(TypedDict, total=False):
-    """What a deployment may set besides its model and name (``None``: not set)."""
+    """What a deployment may set besides its model and name (``None``: not set).
+
+    ``trust_code``: the user trusts the model's own code (a pickle, a torch module class, a
+    custom predictor) although no job mlcloud ran produced it; see :func:`decide_trust`."""
 
     replicas: int | None
     min_replicas: int | None
@@ -249,6 +299,7 @@ class DeployOptions(TypedDict, total=False):
     host: str | None
     env: Mapping[str, str] | None
     resources: Mapping[str, object] | None
+    trust_code: bool | None
 
 
 def resolve_model(ref: str, store: Store) -> tuple[str, str | None]:
@@ -280,12 +331,15 @@ def build_deployment(
     model: str, name: str, store: Store, **options: Unpack[DeployOptions]
 ) -> Deployment:
     uri, source_job = resolve_model(model, store)
+    trust, source_job = decide_trust(uri, source_job, store, bool(options.get("trust_code")))
     data: dict[str, object] = {"name": name, "model": uri, "source_job": source_job}
+    if trust is not None:
+        data["trust"] = trust.model_dump()
     low, high = options.get("min_replicas"), options.get("max_replicas")
     if low is not None or high is not None:
         low = low if low is not None else 1
-        high = high if high is not None else max(low, 1)
-        data["replicas"] = ReplicaRange(min=low, max=high).model_dump()
+        # A plain mapping: a bad range is the deployment's SpecError, not pydantic's dump.
+        data["replicas"] = {"min": low, "max": high if high is not None else max(low, 1)}
     elif options.get("replicas") is not None:
         data["replicas"] = options.get("replicas")
     for key in ("port", "host", "env", "resources"):
@@ -293,6 +347,90 @@ def build_deployment(
         if value:
             data[key] = dict(value) if isinstance(value, Mapping) else value
     return validate_spec(Deployment, data, "deployment")
+
+
+# ---- trust: may the model run its own code? (README, Security) --------------------------------
+def decide_trust(
+    uri: str, source_job: str | None, store: Store, trust_code: bool
+) -> tuple[TrustGrant | None, str | None]:
+    """The core's decision, carried to every provider's serving container in the deployment
+    (``Deployment.trust`` → ``MLCLOUD_TRUSTED_MODEL``) and enforced by the loader there.
+
+    A model that runs code when loaded is trusted when a job mlcloud ran produced exactly it
+    (its digest is the one recorded when the job finished; a model dir given by path is
+    matched to its job by digest), when the registry vouches for it, or with ``trust_code``;
+    else ``ModelError`` with the hint. Returns the grant (``None``: none is needed or, for a
+    remote model that cannot be read here, none was given) and the source job."""
+    if "://" in uri and not uri.startswith("file://"):
+        return _remote_trust(uri, source_job, store, trust_code), source_job
+    root = Path(uri.removeprefix("file://"))
+    if not (root / modeldir.MANIFEST).is_file():
+        return None, source_job  # not a model dir: the provider's plan says so
+    manifest = modeldir.verify(root)  # a tampered model is refused here, by name
+    reason = modeldir.runs_code(manifest)
+    if reason is None:
+        return None, source_job
+    digest = modeldir.manifest_digest(manifest)
+    job = _job_with_model(store, source_job, digest)
+    if job is not None:
+        return TrustGrant(by="job", job=job, digest=digest), job
+    registered = _registry_trust(uri, digest, store)
+    if registered is not None:
+        return registered, source_job
+    if trust_code:
+        return TrustGrant(by="trust-code", digest=digest), source_job
+    message = _untrusted_message(root, reason, source_job, store)
+    raise modeldir.ModelDirError(message, hint=modeldir.UNTRUSTED_HINT)
+
+
+def _remote_trust(
+    uri: str, source_job: str | None, store: Store, trust_code: bool
+) -> TrustGrant | None:
+    """A model in a bucket cannot be read here: a job's own output is trusted by provenance
+    (pinned to the digest its provider recorded, when it did), else only with trust_code."""
+    if source_job is not None:
+        recorded = store.get_job(source_job).outputs.get("model_sha256")
+        return TrustGrant(by="job", job=source_job, digest=recorded or None)
+    registered = _registry_trust(uri, None, store)
+    if registered is not None:
+        return registered
+    return TrustGrant(by="trust-code") if trust_code else None
+
+
+def _job_with_model(store: Store, source_job: str | None, digest: str) -> str | None:
+    """The succeeded job that recorded exactly this model (by its digest), if any."""
+    if source_job is not None:
+        record = store.get_job(source_job)
+        return source_job if record.outputs.get("model_sha256") == digest else None
+    for record in store.list_jobs(limit=10_000):
+        if record.state is JobState.SUCCEEDED and record.outputs.get("model_sha256") == digest:
+            return record.id
+    return None
+
+
+def _registry_trust(uri: str, digest: str | None, store: Store) -> TrustGrant | None:
+    """Hook for the model registry (not built yet): a registered version whose recorded digest
+    matches counts as trusted, ``TrustGrant(by="registry", digest=...)``."""
+    return None
+
+
+def _untrusted_message(root: Path, reason: str, source_job: str | None, store: Store) -> str:
+    if source_job is None:
+        return (
+            f"{root} runs code when loaded ({reason}), and no job mlcloud ran produced it: "
+            "refusing to deploy it"
+        )
+    recorded = store.get_job(source_job).outputs.get("model_sha256")
+    if recorded:
+        return (
+            f"the model of job {source_job} runs code when loaded ({reason}) and changed "
+            f"after the job finished (digest now {modeldir.digest(root)[:12]}…, recorded "
+            f"{recorded[:12]}…): refusing to deploy it"
+        )
+    return (
+        f"the model of job {source_job} runs code when loaded ({reason}), and no digest was "
+        "recorded when the job finished: refusing to deploy it"
+    )
 
 
 def plan_deploy(

@@ -57,6 +57,14 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def emit_records(data: Any) -> None:
+    """Records, plans and specs as JSON, every environment in them redacted (secret-looking
+    values never reach a terminal, a CI log or a script's output)."""
+    from mlcloud.sensitive import redact
+
+    emit_json(redact(data))
+
+
 def _ago(ts: float) -> str:
     seconds = max(0, int(time.time() - ts))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -113,7 +121,7 @@ def train(
     job = api.train(file, provider, list(overrides))
     record = job.record
     if output == "json" and not follow:
-        emit_json(record.to_dict())
+        emit_records(record.to_dict())
         return
     click.echo(f"submitted {record.id} to {record.provider} ({record.type})", err=True)
     if not follow:
@@ -124,7 +132,7 @@ def train(
         click.echo(line)
     final = job.wait()  # advances the job (a due restart happens here) until it ends
     if output == "json":
-        emit_json(final.to_dict())
+        emit_records(final.to_dict())
     else:
         _print_outcome(final)
     if final.state != "SUCCEEDED":
@@ -132,13 +140,16 @@ def train(
 
 
 def _print_plan(plan: Plan[Any], output: str) -> None:
+    from mlcloud.sensitive import redact
+
+    data = redact(plan.to_dict())  # the exact requests, but for secret-looking values
     if output == "json":
-        click.echo(plan.to_json())
+        click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"# provider {plan.provider} ({plan.type}), {len(plan.steps)} call(s)")
-    for step in plan.steps:
-        click.echo(f"{step.call}:")
-        click.echo(json.dumps(step.request, indent=2, default=str))
+    for step in data["steps"]:
+        click.echo(f"{step['call']}:")
+        click.echo(json.dumps(step["request"], indent=2, default=str))
 
 
 def _print_outcome(record: JobRecord) -> None:
@@ -159,7 +170,7 @@ def jobs(ctx: click.Context) -> None:
 
 @jobs.command("list")
 @click.option("-p", "--provider", metavar="NAME", help="Only this profile's jobs.")
-@click.option("-n", "--limit", default=50, show_default=True)
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
 @output_option
 def jobs_list(provider: str | None = None, limit: int = 50, output: str = "text") -> None:
     """Jobs recorded in the local state store, newest first."""
@@ -167,7 +178,7 @@ def jobs_list(provider: str | None = None, limit: int = 50, output: str = "text"
 
     records = api.list_jobs(provider, limit)
     if output == "json":
-        emit_json([r.to_dict() for r in records])
+        emit_records([r.to_dict() for r in records])
         return
     if not records:
         click.echo("no jobs yet: mlcloud train job.yaml", err=True)
@@ -193,7 +204,7 @@ def jobs_show(job_id: str, output: str) -> None:
     record = handle.status()
     events = handle.events()
     if output == "json":
-        emit_json({**record.to_dict(), "events": events})
+        emit_records({**record.to_dict(), "events": events})
         return
     click.echo(f"id:        {record.id}")
     click.echo(f"provider:  {record.provider} ({record.type})  native id: {record.native_id}")
@@ -227,7 +238,7 @@ def cancel(job_id: str, output: str) -> None:
 
     record = api.job(job_id).cancel()
     if output == "json":
-        emit_json(record.to_dict())
+        emit_records(record.to_dict())
     else:
         click.echo(f"job {record.id}: {record.state}")
 
@@ -243,6 +254,12 @@ def cancel(job_id: str, output: str) -> None:
 @click.option("--port", type=int, help="Local provider: the endpoint's stable port.")
 @click.option("--host", help="Local provider: bind address (non-loopback requires a token).")
 @click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Server env var.")
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Let the model run its own code when loaded (a pickle, a torch module class, a custom "
+    "predictor) although no job mlcloud ran produced it. Only for models you trust.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the exact native requests; change nothing.")
 @output_option
 def deploy(
@@ -255,6 +272,7 @@ def deploy(
     port: int | None,
     host: str | None,
     env_pairs: tuple[str, ...],
+    trust_code: bool,
     dry_run: bool,
     output: str,
 ) -> None:
@@ -268,13 +286,14 @@ def deploy(
         "port": port,
         "host": host,
         "env": _pairs(env_pairs, "--env"),
+        "trust_code": trust_code,
     }
     if dry_run:
         _print_plan(api.plan_deploy(model, name, provider, **options), output)
         return
     record = api.deploy(model, name, provider, **options).record
     if output == "json":
-        emit_json(record.to_dict())
+        emit_records(record.to_dict())
         return
     click.echo(f"endpoint {record.name} is {record.state} at {record.url}")
     click.echo(f"try: mlcloud predict {record.name} --data '{{\"instances\": [...]}}'", err=True)
@@ -309,7 +328,7 @@ def endpoints_list(provider: str | None = None, output: str = "text") -> None:
 
     records = api.list_endpoints(provider)
     if output == "json":
-        emit_json([r.to_dict() for r in records])
+        emit_records([r.to_dict() for r in records])
         return
     if not records:
         click.echo("no endpoints yet: mlcloud deploy <model dir or job id> --name NAME", err=True)
@@ -334,13 +353,27 @@ def endpoints_show(name: str, provider: str | None, output: str) -> None:
 
 def _print_endpoint(record: EndpointRecord, output: str) -> None:
     if output == "json":
-        emit_json(record.to_dict())
+        emit_records(record.to_dict())
         return
     for key in ("name", "provider", "type", "state", "url", "model", "model_sha256",
                 "source_job", "native_id", "message"):  # fmt: skip
         value = getattr(record, key)
         if value is not None:
             click.echo(f"{key + ':':<14}{value}")
+    if "restarts" in record.details:  # processes a self-healing endpoint restarted
+        click.echo(f"{'restarts:':<14}{record.details['restarts']}")
+    click.echo(f"{'trust:':<14}{_trust_line(record.spec.get('trust'))}")
+
+
+def _trust_line(trust: Any) -> str:
+    """How the endpoint's model came to be trusted to run its code (README, Security)."""
+    if not isinstance(trust, dict):
+        return "its model runs no code of its own (or none was granted)"
+    pinned = f", digest {str(trust['digest'])[:12]}…" if trust.get("digest") else ""
+    by = {"job": f"made by job {trust.get('job')}", "trust-code": "--trust-code"}.get(
+        str(trust.get("by")), str(trust.get("by"))
+    )
+    return f"code allowed: {by}{pinned}"
 
 
 @cli.command()
@@ -352,22 +385,47 @@ def predict(name: str, data: str, provider: str | None) -> None:
     from mlcloud import api
     from mlcloud.errors import SpecError
 
-    if data == "-":
-        text = sys.stdin.read()
-    elif data.startswith("@"):
-        try:
-            text = Path(data[1:]).read_text(encoding="utf-8")
-        except OSError as e:
-            raise SpecError(f"--data {data}: cannot read the file: {e}") from None
-    else:
-        text = data
+    text = _read_data(data)
     try:
         payload = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise SpecError(
             f"--data is not valid JSON: {e}", hint="e.g. --data '{\"instances\": [[1, 2]]}'"
         ) from None
     emit_json(api.endpoint(name, provider).predict(payload))
+
+
+MAX_DATA_BYTES = 64 << 20  # far above any endpoint's body limit (SageMaker's is 6 MB)
+
+
+def _read_data(data: str) -> str:
+    """``--data``: JSON, ``@file`` or ``-``, refused past MAX_DATA_BYTES before it is all read
+    (``@/dev/zero`` reports size 0 and never ends)."""
+    from mlcloud.errors import SpecError
+
+    if data != "-" and not data.startswith("@"):
+        return data
+    limit = MAX_DATA_BYTES
+    too_big = SpecError(
+        f"--data {data}: larger than {limit >> 20} MiB", hint="send fewer instances per request"
+    )
+    try:
+        if data == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            path = Path(data[1:])
+            if path.is_file() and path.stat().st_size > limit:
+                raise too_big  # refused unread
+            with path.open("rb") as fh:
+                raw = fh.read(limit + 1)
+    except OSError as e:
+        raise SpecError(f"--data {data}: cannot read it: {e.strerror or e}") from None
+    if len(raw) > limit:
+        raise too_big
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"--data {data}: not UTF-8 text (JSON expected)") from None
 
 
 @cli.command()
@@ -485,6 +543,41 @@ def schema(kind: str) -> None:
     from mlcloud import api
 
     emit_json(api.json_schema(kind))
+
+
+@cli.group()
+def store() -> None:
+    """The local state store: back it up, recover it."""
+
+
+@store.command("recover")
+@output_option
+def store_recover(output: str) -> None:
+    """Rebuild a damaged or emptied store: move it aside, restore the newest sound backup, and
+    bring back every job whose directory holds a newer copy of its record."""
+    from mlcloud import api
+
+    report = api.recover_store()
+    if output == "json":
+        emit_json(report)
+        return
+    if report["moved_aside"]:
+        click.echo(f"moved the damaged store aside: {report['moved_aside']}")
+    if report["backup"]:
+        click.echo(f"restored {report['jobs_from_backup']} job(s) from {report['backup']}")
+    click.echo(f"brought back {report['jobs_from_job_dirs']} job(s) from their job directories")
+    for path in report["unreadable"]:
+        click.echo(f"warning: could not read {path}", err=True)
+    click.echo(f"{report['store']} now holds {report['jobs']} job(s)")
+
+
+@store.command("backup")
+def store_backup() -> None:
+    """Back up the store now (the store also keeps a rolling hourly backup)."""
+    from mlcloud import api
+
+    path = api.backup_store()
+    click.echo(f"backed up to {path}" if path else "not kept: the copy failed its check")
 
 
 def main(argv: list[str] | None = None) -> None:

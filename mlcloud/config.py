@@ -67,7 +67,11 @@ def project_config_path(start: Path | None = None) -> Path | None:
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
-            raise ConfigError(f"MLCLOUD_CONFIG points to {path}, which does not exist")
+            what = "a directory" if path.is_dir() else "missing"
+            raise ConfigError(
+                f"MLCLOUD_CONFIG points to {path}, which is {what}",
+                hint="point it at an mlcloud.yaml file, or unset it",
+            )
         return path
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):

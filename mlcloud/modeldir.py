@@ -25,6 +25,37 @@ FORMAT_VERSION = 1
 FRAMEWORKS = ("sklearn", "pytorch", "onnx", "custom")
 # Element types a signature may name (numpy spellings; loaders map them onto the framework).
 DTYPES = ("float32", "float64", "int32", "int64", "bool", "string")
+#: The serving container's trust in the model's code (README, Security): the model digest that
+#: may run code when loaded, or :data:`TRUST_ANY`; unset or empty: no code runs.
+TRUST_ENV = "MLCLOUD_TRUSTED_MODEL"
+TRUST_ANY = "*"
+UNTRUSTED_HINT = (
+    "deploy the job that made it (mlcloud deploy <job-id>), or add --trust-code if you trust "
+    "whoever wrote this directory; safer still, save the model as skops, ONNX or TorchScript"
+)
+# Types skops reports as "untrusted" that we accept anyway: plain sklearn/numpy internals that
+# common estimators (trees, forests, boosting) are made of. Anything else refuses to load.
+SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset(
+    {
+        "sklearn.tree._tree.Tree",
+        "sklearn._loss.link.IdentityLink",
+        "sklearn._loss.link.LogLink",
+        "sklearn._loss.link.LogitLink",
+        "sklearn._loss.link.MultinomialLogit",
+        "sklearn._loss.loss.HalfBinomialLoss",
+        "sklearn._loss.loss.HalfMultinomialLoss",
+        "sklearn._loss.loss.HalfSquaredError",
+        "sklearn._loss.loss.HalfPoissonLoss",
+        "sklearn._loss._loss.CyHalfBinomialLoss",
+        "sklearn._loss._loss.CyHalfMultinomialLoss",
+        "sklearn._loss._loss.CyHalfSquaredError",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "numpy.dtype",
+        "numpy.float64",
+        "numpy.int64",
+    }
+)
 
 
 class ModelDirError(ModelError):
@@ -160,10 +191,109 @@ def verify(root: Path) -> dict[str, Any]:
 
 
 def digest(root: Path) -> str:
-    """One sha256 for the whole model dir (over the manifest's file hashes)."""
-    manifest = read_manifest(root)
-    canonical = json.dumps(manifest["files"], sort_keys=True).encode()
-    return hashlib.sha256(canonical).hexdigest()
+    """One sha256 for the whole model dir: over the manifest's file hashes and what the
+    manifest says to run (framework and entry), so a grant of trust pinned to a digest cannot
+    be redirected to another listed module or format by editing the manifest."""
+    return manifest_digest(read_manifest(root))
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    what = {k: manifest.get(k) for k in ("framework", "entry", "files")}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+# ---- trust: which models may run code when loaded ----------------------------------------------
+def runs_code(manifest: dict[str, Any]) -> str | None:
+    """Why loading this model runs code that came with it (``None``: it does not).
+
+    A pickle (joblib) runs whatever its bytes say; a torch module class and a custom predictor
+    are imported. skops (with mlcloud's type allow-list), ONNX and TorchScript load as data."""
+    entry, framework = manifest.get("entry") or {}, manifest.get("framework")
+    if framework == "sklearn":
+        fmt = entry.get("format") or ("skops" if str(entry.get("file", "")).endswith(".skops")
+                                      else "joblib")  # fmt: skip
+        return None if fmt == "skops" else f"a pickle file ({entry.get('file')}, {fmt})"
+    if framework == "pytorch" and entry.get("format") != "torchscript":
+        return f"a torch module class ({entry.get('class')!r})"
+    if framework == "custom":
+        return f"a custom predictor ({entry.get('predictor')!r})"
+    return None
+
+
+def check_trust(root: Path, manifest: dict[str, Any], trust: str | None) -> None:
+    """Raise ModelDirError unless the model runs no code, or ``trust`` (the value of
+    :data:`TRUST_ENV`) grants it: :data:`TRUST_ANY`, or this very model's digest."""
+    reason = runs_code(manifest)
+    if reason is None or trust == TRUST_ANY:
+        return
+    if not trust:
+        raise ModelDirError(
+            f"{root} runs code when loaded ({reason}) and nothing says to trust it",
+            hint=UNTRUSTED_HINT,
+        )
+    actual = manifest_digest(manifest)
+    if actual != trust:
+        raise ModelDirError(
+            f"{root} runs code when loaded ({reason}) and is not the model mlcloud trusted "
+            f"(digest {actual[:12]}…, trusted {trust[:12]}…): refusing to load it",
+            hint=UNTRUSTED_HINT,
+        )
+
+
+# ---- collecting a job's model ------------------------------------------------------------------
+def collect(root: Path) -> dict[str, str]:
+    """What mlcloud records about a job's model dir when the job has succeeded (``{}`` when the
+    job wrote none, or one that fails its manifest): ``model_sha256``, the digest a later deploy
+    must match to be trusted, taken after a scikit-learn pickle is converted to skops where
+    skops can hold it (then the model loads as data, and ``model_converted`` says so)."""
+    try:
+        if not (root / MANIFEST).is_file():
+            return {}
+        manifest = verify(root)
+    except (ModelDirError, OSError):
+        return {}
+    outputs: dict[str, str] = {}
+    if _pickle_to_skops(root, manifest):
+        outputs["model_converted"] = "joblib -> skops"
+    outputs["model_sha256"] = digest(root)
+    return outputs
+
+
+def _pickle_to_skops(root: Path, manifest: dict[str, Any]) -> bool:
+    """Rewrite a job's joblib scikit-learn model as ``model.skops`` when every type in it is
+    one the loaders accept; ``False`` (nothing changed) otherwise. The pickle is the job's own
+    output, read right after the job (the user's code) wrote it."""
+    entry = manifest["entry"]
+    if manifest["framework"] != "sklearn" or runs_code(manifest) is None:
+        return False
+    try:
+        import joblib
+        import skops.io as sio
+    except ImportError:
+        return False
+    source, target = root / str(entry.get("file")), root / "model.skops"
+    if target.exists():
+        return False
+    try:
+        model = joblib.load(source)
+        sio.dump(model, target)
+        untrusted = sio.get_untrusted_types(file=target)
+        if set(untrusted) - SKOPS_TRUSTED_TYPES:
+            raise ValueError("types outside the allow-list")
+        sio.load(target, trusted=untrusted)  # it reads back
+    except Exception:  # anything skops cannot hold: keep the pickle, trusted by digest
+        target.unlink(missing_ok=True)
+        return False
+    source.unlink()
+    write_manifest(
+        root,
+        "sklearn",
+        {**entry, "file": target.name, "format": "skops"},
+        signature=manifest.get("signature"),
+        example=manifest.get("example"),
+        created_by=manifest.get("created_by"),
+    )
+    return True
 
 
 def save(

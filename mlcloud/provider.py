@@ -77,6 +77,9 @@ class Provider(ABC, Generic[SettingsT]):
     refusal_hints: ClassVar[Mapping[Capability, str]] = {}
     #: the SDK-exception mapping (``providers/<name>/errors.py``); ``None``: nothing to map
     translate_error: ClassVar[staticmethod[[Exception, Origin], MlcloudError | None] | None] = None
+    #: ``job_status`` looks only at this machine (processes, files), never a network: listings
+    #: refresh the provider's unfinished jobs with it, so a dead local job is seen at once
+    status_is_local: ClassVar[bool] = False
 
     def __init__(self, profile: Profile, store: Store) -> None:
         from mlcloud.config import profile_settings

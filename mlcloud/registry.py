@@ -78,6 +78,7 @@ BUILTIN: dict[str, ProviderEntry] = {
             ("azure.ai.ml", "azure.identity"),
             "pip install 'mlcloud[azure]'",
         ),
+        ProviderEntry("ray", "providers.ray:RayProvider", ("ray",), "pip install 'mlcloud[ray]'"),
     )
 }
 

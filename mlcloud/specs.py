@@ -9,7 +9,9 @@ value and what is allowed (see :func:`spec_error`).
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -25,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from mlcloud import modeldir, sensitive
 from mlcloud.errors import SpecError
 from mlcloud.units import parse_duration, parse_size
 
@@ -50,6 +53,44 @@ EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, defer_build=True)
+
+
+class FromEnv(_Spec):
+    """``{from_env: NAME}``: the value of ``NAME`` in the submitter's environment, read when
+    the job is submitted and handed to its processes; never written to the store or a plan."""
+
+    from_env: EnvName
+
+
+class SecretRef(_Spec):
+    """``{secret: URI}``: a secret in the cloud's own store, read by the job when it starts:
+    an AWS Secrets Manager or SSM parameter ARN (SageMaker), a Secret Manager version
+    ``projects/P/secrets/S/versions/V`` (Vertex), a Key Vault secret URL (Azure ML)."""
+
+    secret: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+
+EnvEntry = EnvValue | FromEnv | SecretRef
+
+
+class TrustGrant(_Spec):
+    """Why a deployment's model may run its own code when loaded (a pickle, a torch module
+    class, a custom predictor): set by mlcloud's deploy, recorded with the endpoint.
+
+    ``by``: ``job`` (a job mlcloud ran produced exactly this model: ``digest`` is the one
+    recorded when it finished), ``registry`` (a registered model version), or ``trust-code``
+    (the user said so). ``digest`` pins the grant to one content; ``None`` only for a remote
+    model that cannot be read here (the serving container then loads whatever is there).
+    """
+
+    by: Literal["job", "registry", "trust-code"]
+    job: str | None = None
+    digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @property
+    def env_value(self) -> str:
+        """What the serving container's :data:`mlcloud.modeldir.TRUST_ENV` says."""
+        return self.digest or modeldir.TRUST_ANY
 
 
 class Framework(_Spec):
@@ -148,7 +189,11 @@ class TrainingJob(_Spec):
     hyperparameters: dict[Annotated[str, StringConstraints(min_length=1)], JsonValue] = Field(
         default_factory=dict
     )
-    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    env: dict[EnvName, EnvEntry] = Field(
+        default_factory=dict,
+        description="values, {from_env: NAME} (your shell's variable, never stored) or "
+        "{secret: URI} (the cloud's secret store)",
+    )
 
     @field_validator("max_runtime")
     @classmethod
@@ -158,7 +203,7 @@ class TrainingJob(_Spec):
 
     @field_validator("env")
     @classmethod
-    def _no_reserved_env(cls, v: dict[str, str]) -> dict[str, str]:
+    def _no_reserved_env(cls, v: dict[str, object]) -> dict[str, object]:
         reserved = sorted(k for k in v if k.startswith("MLCLOUD_"))
         if reserved:
             raise ValueError(
@@ -171,6 +216,19 @@ class TrainingJob(_Spec):
         if self.image is not None and self.framework is not None:
             raise ValueError("set either image or framework, not both")
         return self
+
+    @property
+    def env_json(self) -> dict[str, str | dict[str, str]]:
+        """``env`` as plain JSON: a value, or a ``{from_env: ...}`` / ``{secret: ...}`` mapping."""
+        return {
+            k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+            for k, v in self.env.items()
+        }
+
+    @property
+    def env_values(self) -> dict[str, str]:
+        """The plain values of ``env`` (no secret references)."""
+        return {k: v for k, v in self.env.items() if isinstance(v, str)}
 
     @property
     def max_runtime_seconds(self) -> int:
@@ -228,6 +286,69 @@ class Deployment(_Spec):
     source_job: str | None = Field(
         default=None, description="lineage: the job that produced the model (set by mlcloud)"
     )
+    trust: TrustGrant | None = Field(
+        default=None,
+        description="set by mlcloud: why the model may run its own code when loaded "
+        "(README, Security); the serving container reads it from env "
+        f"{modeldir.TRUST_ENV}",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trust_in_env(cls, data: Any) -> Any:
+        """The grant travels to every provider's serving container in the one variable the
+        loader reads; the variable alone, set by hand, grants nothing."""
+        if not isinstance(data, dict) or not isinstance(data.get("env") or {}, dict):
+            return data
+        env = dict(data.get("env") or {})
+        trust = data.get("trust")
+        if isinstance(trust, dict):
+            try:
+                trust = TrustGrant.model_validate(trust)
+            except ValidationError:
+                return data  # the field's own validation reports it
+        wanted = trust.env_value if isinstance(trust, TrustGrant) else None
+        if modeldir.TRUST_ENV in env and env[modeldir.TRUST_ENV] != wanted:
+            raise ValueError(
+                f"env.{modeldir.TRUST_ENV} is set by mlcloud from its trust decision; "
+                "deploy with --trust-code to trust a model's code"
+            )
+        if wanted is not None:
+            env[modeldir.TRUST_ENV] = wanted
+        return {**data, "env": env, "trust": trust}
+
+    @field_validator("host")
+    @classmethod
+    def _bind_address(cls, v: str | None) -> str | None:
+        """A bind address: an IP of this machine's interfaces (or localhost), never a name to
+        look up (the server would die of it with a traceback)."""
+        if v is None or v == "localhost":
+            return v
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(
+                "must be an IP address to bind, e.g. 127.0.0.1 (this machine only) or 0.0.0.0"
+            ) from None
+
+    @field_validator("env")
+    @classmethod
+    def _serving_env(cls, v: dict[str, str]) -> dict[str, str]:
+        """The serving knobs a deployment may set, checked here rather than by the server's
+        start-up traceback; other MLCLOUD_* variables are mlcloud's own."""
+        for name, value in v.items():
+            if not name.startswith("MLCLOUD_") or name == modeldir.TRUST_ENV:
+                continue
+            check = _SERVING_KNOBS.get(name)
+            if check is None:
+                raise ValueError(
+                    f"{name}: MLCLOUD_* variables are set by mlcloud itself; a deployment may "
+                    f"set {', '.join(sorted(_SERVING_KNOBS))}"
+                )
+            problem = check(value)
+            if problem:
+                raise ValueError(f"{name}={value!r} {problem}")
+        return v
 
     @field_validator("traffic")
     @classmethod
@@ -245,6 +366,28 @@ class Deployment(_Spec):
         return self.replicas if isinstance(self.replicas, int) else self.replicas.max
 
 
+def _positive(value: str) -> str | None:
+    return None if value.isdigit() and int(value) >= 1 else "must be a whole number, at least 1"
+
+
+def _switch(value: str) -> str | None:
+    return None if value in ("0", "1") else "must be 0 or 1"
+
+
+def _contract(value: str) -> str | None:
+    known = ("local", "sagemaker", "vertex", "azureml")
+    return None if value in known else f"must be one of {', '.join(known)}"
+
+
+# What serving/ reads from a deployment's environment (see serving/service.py, front.py).
+_SERVING_KNOBS: dict[str, Callable[[str], str | None]] = {
+    "MLCLOUD_SERVE_WORKERS": _positive,
+    "MLCLOUD_SERVE_MAX_BODY": _positive,
+    "MLCLOUD_SERVE_MAX_CONNECTIONS": _positive,
+    "MLCLOUD_SERVE_ACCESS_LOG": _switch,
+    "MLCLOUD_SERVE_GC_FREEZE": _switch,
+    "MLCLOUD_SERVING_CONTRACT": _contract,
+}
 SpecT = TypeVar("SpecT", bound=BaseModel)
 SPEC_KINDS: dict[str, type[BaseModel]] = {"job": TrainingJob, "deployment": Deployment}
 
@@ -252,8 +395,10 @@ SPEC_KINDS: dict[str, type[BaseModel]] = {"job": TrainingJob, "deployment": Depl
 def spec_error(err: ValidationError, what: str) -> SpecError:
     """pydantic's errors → one SpecError; each line names the field, bad value, what's allowed."""
     lines = []
-    for e in err.errors(include_url=False):
-        loc = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p)) or "(top level)"
+    errors = err.errors(include_url=False)
+    locs = [_location(e["loc"]) for e in errors]
+    for e, loc in zip(errors, locs, strict=True):
+        loc = loc or "(top level)"
         value = e.get("input")
         if e["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown field; {_allowed_fields(err, e['loc'])}")
@@ -261,8 +406,13 @@ def spec_error(err: ValidationError, what: str) -> SpecError:
         if e["type"] == "missing":
             lines.append(f"{loc}: required field is missing")
             continue
+        if e["type"] in _WRONG_BRANCH and locs.count(loc) > 1 and isinstance(value, dict):
+            continue  # a mapping for `int | {min, max}`: the mapping branch says what is wrong
+        if e["loc"][:1] == ("env",) and e["type"] in _ENV_SHAPE:
+            lines.append(f"{loc}: must be a value, {{from_env: NAME}} or {{secret: URI}}")
+            continue
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg} (got {_short(value)})")
+        lines.append(f"{loc}: {msg}" + _got(e["loc"], value))
     # A union (e.g. nodes: int | {min,max}) reports each branch; keep each message once.
     unique = list(dict.fromkeys(lines))
     return SpecError(f"invalid {what}:\n  " + "\n  ".join(unique))
@@ -302,6 +452,30 @@ def _first_model(ann: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+_WRONG_BRANCH = frozenset({"int_type", "int_parsing", "float_type", "string_type", "bool_type"})
+_ENV_SHAPE = frozenset({"string_type", "model_type", "dict_type", "model_attributes_type"})
+# Mappings whose keys are the user's names (``env: {API_KEY: ...}``), not union branches.
+_NAMED_KEYS = frozenset({"env", "inputs", "hyperparameters", "instance_type", "traffic"})
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = [
+        str(p)
+        for i, p in enumerate(loc)
+        if not _is_union_tag(p) or (i > 0 and loc[i - 1] in _NAMED_KEYS)
+    ]
+    return ".".join(parts)
+
+
+def _got(loc: tuple[int | str, ...], value: object) -> str:
+    """`` (got …)``, never showing an environment's values: they may be secrets."""
+    if loc and loc[0] == "env":
+        if len(loc) < 2:
+            return ""
+        value = sensitive.redact_value(str(loc[1]), value)
+    return f" (got {_short(value)})"
 
 
 def _short(value: object) -> str:

@@ -87,7 +87,9 @@ async def predict_json(state: State, body: bytes) -> JSONResponse:
     return JSONResponse({"predictions": predictions})
 
 
-def build_app(contract: Contract, state: State) -> FastAPI:
+def build_app(contract: Contract, state: State, *, metrics_route: bool = True) -> FastAPI:
+    """The routes of ``contract`` on ``state``; ``metrics_route=False`` leaves out /metrics
+    (BentoML's Prometheus registry: a Ray Serve replica has none, Ray exports its own)."""
     app = FastAPI(
         title="mlcloud model server",
         description=f"Serving contract: {contract.name}. Payload: "
@@ -111,7 +113,8 @@ def build_app(contract: Contract, state: State) -> FastAPI:
         body, media_type = await run_in_threadpool(render_metrics)
         return Response(body, media_type=media_type)
 
-    app.add_api_route("/metrics", prometheus, methods=["GET"], summary="Prometheus metrics")
+    if metrics_route:
+        app.add_api_route("/metrics", prometheus, methods=["GET"], summary="Prometheus metrics")
 
     for route in dict.fromkeys((*contract.predict_routes, "/predict")):
         app.add_api_route(

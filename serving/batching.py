@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,9 @@ from typing import Any
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+# Models faster than this run on the event loop: a thread hop would cost more than it frees.
+INLINE_BELOW_S = 0.002
 
 
 class Overloaded(RuntimeError):
@@ -113,3 +117,22 @@ class MicroBatcher:
             self._task.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def is_fast(predictor: Any, below_s: float = INLINE_BELOW_S) -> bool:
+    """Time one call on the manifest's example (if any) to pick inline vs. thread."""
+    example = predictor.manifest.get("example")
+    shape = predictor.input_spec.shape
+    try:
+        if example:
+            batch = predictor.prepare(example)
+        elif shape and all(d > 0 for d in shape[1:]):
+            batch = np.zeros((1, *shape[1:]), dtype=predictor.input_spec.dtype or "float64")
+        else:
+            return False
+        predictor.run(batch)  # warm-up
+        started = time.perf_counter()
+        predictor.run(batch)
+        return time.perf_counter() - started < below_s
+    except Exception:
+        return False

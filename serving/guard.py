@@ -90,10 +90,14 @@ async def send_json(
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body: int, routes: Iterable[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body: int, routes: Iterable[str], record: bool = True
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.routes = frozenset(routes)
+        # False outside a BentoML server (a Ray Serve replica): only the body checks apply
+        self.record = record
 
     def _route(self, path: str) -> str:
         return path if path in self.routes else "other"
@@ -117,10 +121,14 @@ class GuardMiddleware:
             if checked is not None:
                 await self.app(scope, checked, send_wrapper)
         finally:
-            route = self._route(scope["path"])
-            m = metrics()
-            m.requests.labels(route=route, method=method, status=f"{status // 100}xx").inc()
-            m.duration.labels(route=route).observe(time.perf_counter() - started)
+            if self.record:
+                self._observe(scope["path"], method, status, started)
+
+    def _observe(self, path: str, method: str, status: int, started: float) -> None:
+        route = self._route(path)
+        m = metrics()
+        m.requests.labels(route=route, method=method, status=f"{status // 100}xx").inc()
+        m.duration.labels(route=route).observe(time.perf_counter() - started)
 
     async def _check_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The receive to use, or None once a 413/415 has been sent."""

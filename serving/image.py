@@ -1,9 +1,12 @@
 """Build the serving Bento (always) and its container image (where an engine runs).
 
 ``build_image(model_dir, tag)`` stages a build context with ``serving/``, the ``mlcloud`` core
-and, when given, the model (baked in as ``mlcloud_model/``, verified first), then runs
-``bentoml build`` offline (no package locking). The image's entrypoint is
-``python -m serving.entrypoint``, which picks the cloud's serving contract from the
+and, when given, the model (baked in as ``mlcloud_model/``), then runs ``bentoml build`` offline
+(no package locking). Of the model only the manifest and the files it lists are copied, each a
+regular file (a symlink anywhere in the model dir is refused: one once put a host file into the
+Bento); the copy is then verified against the manifest, and the image's
+``mlcloud.model-sha256`` label and default version are the digest of that copy. The image's
+entrypoint is ``python -m serving.entrypoint``, which picks the cloud's serving contract from the
 environment, so the one image is what SageMaker, Vertex AI and Azure ML all deploy.
 Without a working container engine it says so and returns the exact commands to run elsewhere.
 """
@@ -15,11 +18,12 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from mlcloud import modeldir
 from mlcloud.errors import MlcloudError, SpecError
@@ -74,14 +78,67 @@ def requirements(framework: str | None) -> list[str]:
     return [_pin(name) for name in dict.fromkeys(names)]
 
 
-def _stage(ctx: Path, model_dir: Path | None) -> None:
+def _stage(ctx: Path, model_dir: Path | None) -> tuple[str | None, str | None]:
+    """Fill the build context; returns the model's (framework, digest) as copied."""
     here = Path(__file__).resolve().parent
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(here, ctx / "serving", ignore=ignore)
     shutil.copytree(here.parent / "mlcloud", ctx / "mlcloud", ignore=ignore)
-    if model_dir is not None:
-        shutil.copytree(model_dir, ctx / BUNDLED_MODEL, ignore=ignore)
     (ctx / "Dockerfile.template").write_text(_DOCKERFILE_TEMPLATE, encoding="utf-8")
+    if model_dir is None:
+        return None, None
+    staged = ctx / BUNDLED_MODEL
+    stage_model(model_dir, staged)
+    return modeldir.verify(staged)["framework"], modeldir.digest(staged)
+
+
+def stage_model(model_dir: Path, dest: Path) -> None:
+    """Copy the manifest and exactly the files it lists, as regular files, to ``dest``.
+
+    ModelDirError for a symlink anywhere in ``model_dir`` and for a listed path that is not a
+    regular file inside it. The copy is not verified here: verify ``dest``, which is what ships.
+    """
+    model_dir = Path(model_dir)
+    _refuse_symlinks(model_dir)
+    manifest = modeldir.read_manifest(model_dir)
+    dest.mkdir(parents=True)
+    for rel in [*manifest["files"], modeldir.MANIFEST]:
+        parts = PurePosixPath(rel).parts
+        if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
+            raise modeldir.ModelDirError(
+                f"{modeldir.MANIFEST} lists {rel!r}, which is outside the model dir"
+            )
+        target = dest.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _copy_regular(model_dir.joinpath(*parts), target, rel)
+
+
+def _refuse_symlinks(root: Path) -> None:
+    for where, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(where) / name
+            if path.is_symlink():
+                raise modeldir.ModelDirError(
+                    f"model dir {root} holds a symlink, {path.relative_to(root)} -> "
+                    f"{os.readlink(path)}: an image gets regular files only",
+                    hint="replace the link by the file itself (and rewrite the manifest)",
+                )
+
+
+def _copy_regular(src: Path, dest: Path, rel: str) -> None:
+    """Copy one file, refusing anything but a regular file (O_NOFOLLOW: a link swapped in after
+    the walk is refused too)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise modeldir.ModelDirError(f"model file {rel} is listed but missing") from None
+    except OSError as exc:
+        raise modeldir.ModelDirError(f"model file {rel} cannot be copied: {exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise modeldir.ModelDirError(f"model file {rel} is not a regular file")
+    with os.fdopen(fd, "rb") as fin, open(dest, "xb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def bentofile(name: str, framework: str | None, digest: str | None) -> dict[str, object]:
@@ -151,17 +208,11 @@ def build_image(
     a bad model dir, ImageBuildError when a build step fails: all checked before building.
     """
     name, version = _check_tag(tag)
-    framework = digest = None
-    if model_dir is not None:
-        model_dir = Path(model_dir).resolve()
-        framework = modeldir.verify(model_dir)["framework"]
-        digest = modeldir.digest(model_dir)
-    version = version or (digest[:12] if digest else "")
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
     env.pop("MLCLOUD_SERVE_MODEL", None)  # the build must not pick up a model to serve
     if bentoml_home is not None:
         env["BENTOML_HOME"] = str(bentoml_home)
-    bento_tag = _build_bento(model_dir, name, version, framework, digest, env, timeout)
+    bento_tag = _build_bento(model_dir, name, version, env, timeout)
     image = f"{name}:{bento_tag.partition(':')[2]}"
     elsewhere = (
         f"bentoml export {bento_tag} {name}.bento",
@@ -198,18 +249,14 @@ def _check_tag(tag: str) -> tuple[str, str]:
 
 
 def _build_bento(
-    model_dir: Path | None,
-    name: str,
-    version: str,
-    framework: str | None,
-    digest: str | None,
-    env: dict[str, str],
-    timeout: float,
+    model_dir: Path | None, name: str, version: str, env: dict[str, str], timeout: float
 ) -> str:
-    """``bentoml build`` in a staged context; returns the Bento's tag."""
+    """``bentoml build`` in a staged context; returns the Bento's tag. The version defaults to
+    the digest of the model as staged (what the Bento holds)."""
     with tempfile.TemporaryDirectory(prefix="mlcloud-bento-") as tmp:
         ctx = Path(tmp)
-        _stage(ctx, model_dir)
+        framework, digest = _stage(ctx, model_dir)
+        version = version or (digest[:12] if digest else "")
         spec = bentofile(name, framework, digest)
         # JSON is YAML: no dumper needed, and the file is exactly what we built.
         (ctx / "bentofile.yaml").write_text(json.dumps(spec, indent=2), encoding="utf-8")

@@ -1,9 +1,12 @@
 """Load an mlcloud model directory into a :class:`Predictor`.
 
 Every load starts with :func:`mlcloud.modeldir.verify`: each file's sha256 must match the
-manifest, so a tampered artifact is refused before anything is deserialised. Pickle-based formats
-(joblib) are only read from bytes whose hash was checked in the same read. Framework libraries are
-imported only for the framework the directory names.
+manifest, so a tampered artifact is refused before anything is deserialised. Then the trust check
+(:func:`mlcloud.modeldir.check_trust`): a format that runs code when loaded (a joblib pickle, a
+torch module class, a custom predictor) needs a grant, since whoever writes a model directory
+also writes its manifest. Pickle-based formats (joblib) are only read from bytes whose hash was
+checked in the same read. Framework libraries are imported only for the framework the directory
+names.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import importlib
 import importlib.util
 import inspect
 import io
+import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -26,29 +30,9 @@ from mlcloud import modeldir
 from mlcloud.modeldir import ModelDirError
 from serving.inputs import InputSpec, to_batch, to_jsonable
 
-# Types skops reports as "untrusted" that we accept anyway: plain sklearn/numpy internals that
-# common estimators (trees, forests, boosting) are made of. Anything else refuses to load.
-TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset(
-    {
-        "sklearn.tree._tree.Tree",
-        "sklearn._loss.link.IdentityLink",
-        "sklearn._loss.link.LogLink",
-        "sklearn._loss.link.LogitLink",
-        "sklearn._loss.link.MultinomialLogit",
-        "sklearn._loss.loss.HalfBinomialLoss",
-        "sklearn._loss.loss.HalfMultinomialLoss",
-        "sklearn._loss.loss.HalfSquaredError",
-        "sklearn._loss.loss.HalfPoissonLoss",
-        "sklearn._loss._loss.CyHalfBinomialLoss",
-        "sklearn._loss._loss.CyHalfMultinomialLoss",
-        "sklearn._loss._loss.CyHalfSquaredError",
-        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        "numpy.dtype",
-        "numpy.float64",
-        "numpy.int64",
-    }
-)
+# Types skops reports as "untrusted" that we accept anyway (the list lives with the model dir,
+# which converts a job's pickles to skops with it).
+TRUSTED_SKOPS_TYPES: frozenset[str] = modeldir.SKOPS_TRUSTED_TYPES
 SKLEARN_METHODS = ("predict", "predict_proba", "decision_function", "transform")
 
 
@@ -140,10 +124,18 @@ class CustomPredictor(Predictor):
         return to_jsonable(self._obj.predict(batch))
 
 
-def load_model(model_dir: Path) -> Predictor:
-    """Verify ``model_dir`` against its manifest and load it; ModelDirError if it cannot be."""
+def load_model(model_dir: Path, trust: str | None = None) -> Predictor:
+    """Verify ``model_dir`` against its manifest and load it; ModelDirError if it cannot be.
+
+    A model that runs code when loaded (a pickle, a torch module class, a custom predictor)
+    loads only when ``trust`` grants it: the model's digest or ``*`` (``None``: the process's
+    ``MLCLOUD_TRUSTED_MODEL``, which mlcloud's deploy sets from its trust decision in every
+    provider's serving container). Checked on the verified manifest, before any import."""
     root = Path(model_dir).resolve()
     manifest = modeldir.verify(root)
+    if trust is None:
+        trust = os.environ.get(modeldir.TRUST_ENV, "")
+    modeldir.check_trust(root, manifest, trust)
     spec = InputSpec.from_signature(manifest.get("signature"))
     loader = _LOADERS[manifest["framework"]]
     try:

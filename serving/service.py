@@ -20,20 +20,16 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Annotated, Any
 
 import bentoml
-import numpy as np
-from pydantic import AfterValidator
 
 from mlcloud import modeldir
 from mlcloud.errors import ConfigError
 from serving import bentoml_fixes
 from serving.app import State, build_app
-from serving.batching import MicroBatcher
+from serving.batching import MicroBatcher, is_fast
 from serving.contracts import ENV_MODEL, ContractError, locate_model_dir, resolve
 from serving.guard import GuardMiddleware, metrics
-from serving.inputs import InputError
 from serving.loaders import load_model
 
 logger = logging.getLogger("mlcloud.serving")
@@ -72,15 +68,16 @@ bentoml_fixes.apply()  # BentoML's request timeout kept every request alive for 
 CONTRACT = resolve()
 WORKERS = _int_env("MLCLOUD_SERVE_WORKERS", 1)
 MAX_BODY = _int_env("MLCLOUD_SERVE_MAX_BODY", 10 * 1024 * 1024)
-# Models faster than this run on the event loop: a thread hop would cost more than it frees.
-INLINE_BELOW_S = 0.002
 STATE = State(max_body=MAX_BODY, workers=WORKERS)
-NATIVE_ROUTE = "/v1/predict"
+# BentoML's own API routes (``@bentoml.api``) are deliberately absent: every prediction goes
+# through the one JSON route of the contract (``/predict`` locally), with one validator, one
+# batcher and one error format. A native ``/v1/predict`` once ran beside it and differed: it
+# answered a bare list, accepted unknown fields, shed a large valid body with 503 and logged a
+# ~2 KB traceback for every bad request (2 MB per 1,000). Now it is a 404 like any unknown path.
 KNOWN_ROUTES = (
     *CONTRACT.routes,
     *CONTRACT.extra.values(),
     "/predict",
-    NATIVE_ROUTE,
     "/",
     "/healthz",
     "/livez",
@@ -93,21 +90,6 @@ KNOWN_ROUTES = (
 )
 
 
-def _check_rows(instances: list[Any]) -> list[Any]:
-    # Per request, before BentoML stacks requests into one batch: one bad request must not
-    # fail the others in its batch, and the client gets a 400 naming the problem, not a 500.
-    if STATE.predictor is None:
-        raise ValueError("model is not loaded yet")
-    try:
-        STATE.predictor.prepare(instances)
-    except InputError as e:
-        raise ValueError(str(e)) from None
-    return instances
-
-
-Rows = Annotated[list[Any], AfterValidator(_check_rows)]
-
-
 @bentoml.service(
     name="mlcloud",
     workers=WORKERS,
@@ -118,7 +100,7 @@ Rows = Annotated[list[Any], AfterValidator(_check_rows)]
 )
 @bentoml.asgi_app(build_app(CONTRACT, STATE), path="/")
 class MlcloudService:
-    """Loads the model once per worker; the mounted app and the native API share it."""
+    """Loads the model once per worker for the mounted app (it has no BentoML API)."""
 
     def __init__(self) -> None:
         if CONTRACT.model_dir is None:
@@ -133,7 +115,7 @@ class MlcloudService:
         }
         if predictor.batchable:
             STATE.batcher = MicroBatcher(
-                predictor.run, inline=_is_fast(predictor), on_batch=_observe_batch
+                predictor.run, inline=is_fast(predictor), on_batch=_observe_batch
             )
         STATE.predictor = predictor
         # Everything allocated so far lives as long as the process: take it out of the GC's
@@ -152,36 +134,9 @@ class MlcloudService:
     def __is_ready__(self) -> bool:
         return STATE.ready
 
-    @bentoml.api(  # type: ignore[untyped-decorator]
-        route=NATIVE_ROUTE, batchable=True, max_batch_size=512, max_latency_ms=1000
-    )
-    def predict_native(self, instances: Rows) -> list[Any]:
-        """BentoML-native input: ``{"instances": [...]}``; BentoML batches these itself."""
-        assert STATE.predictor is not None
-        return STATE.predictor.predict(instances)
-
 
 def _observe_batch(size: int) -> None:
     metrics().batch.observe(size)
-
-
-def _is_fast(predictor: Any) -> bool:
-    """Time one call on the manifest's example (if any) to pick inline vs. thread."""
-    example = predictor.manifest.get("example")
-    shape = predictor.input_spec.shape
-    try:
-        if example:
-            batch = predictor.prepare(example)
-        elif shape and all(d > 0 for d in shape[1:]):
-            batch = np.zeros((1, *shape[1:]), dtype=predictor.input_spec.dtype or "float64")
-        else:
-            return False
-        predictor.run(batch)  # warm-up
-        started = time.perf_counter()
-        predictor.run(batch)
-        return time.perf_counter() - started < INLINE_BELOW_S
-    except Exception:
-        return False
 
 
 MlcloudService.add_asgi_middleware(  # type: ignore[attr-defined]

@@ -27,12 +27,13 @@ SDK entities.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlcloud import runtime
+from mlcloud import runtime, sensitive
 from mlcloud.errors import SpecError, UnsupportedFeature
 from mlcloud.records import Plan, PlanStep, new_job_id
 from providers.azureml import machines
@@ -194,9 +195,31 @@ def command_line(job: TrainingJob, input_names: list[str], output_names: list[st
     return shlex.join(["python", LAUNCHER_PATH, *args])
 
 
-def env_vars(job: TrainingJob, job_id: str) -> dict[str, str]:
+# Azure ML command jobs cannot name a Key Vault secret in their environment (secret injection
+# is an online-endpoint preview), so the plan names the secret and mlcloud's launcher reads it
+# with the compute's managed identity (Key Vault "get" on secrets) before the command starts.
+_KEY_VAULT_SECRET = re.compile(
+    r"^https://[a-z0-9-]{3,24}\.vault\.(azure\.net|azure\.cn|usgovcloudapi\.net)"
+    r"/secrets/[A-Za-z0-9-]{1,127}(/[0-9a-f]{32})?$"
+)
+
+
+def _key_vault_secret(uri: str) -> str | None:
+    uri = uri.rstrip("/")
+    return uri if _KEY_VAULT_SECRET.match(uri) else None
+
+
+def env_vars(job: TrainingJob, job_id: str, where: str = "azureml") -> dict[str, str]:
+    """The job's env (secrets by reference), then mlcloud's runtime contract."""
+    user = sensitive.cloud_env(
+        job.env_json,
+        where=where,
+        store="Azure Key Vault",
+        example="https://my-vault.vault.azure.net/secrets/db-password",
+        accept=_key_vault_secret,
+    )
     return {
-        **job.env,
+        **user,
         runtime.ENV_JOB_ID: job_id,
         runtime.ENV_PROVIDER_TYPE: "azureml",
         runtime.ENV_HPARAMS: json.dumps(job.hyperparameters, sort_keys=True),
@@ -245,7 +268,7 @@ def build_command(
         code=code,
         command=command_line(job, list(job_inputs), list(job_outputs)),
         environment=environment(job, provider),
-        environment_variables=env_vars(job, job_id),
+        environment_variables=env_vars(job, job_id, provider.where),
         inputs=job_inputs,
         outputs=job_outputs,
         instance_count=job.max_nodes,

@@ -1,6 +1,6 @@
 """The in-container launcher: platform environment → the MLCLOUD_* contract → the user's command.
 
-    python _mlcloud/launcher.py --platform {sagemaker,vertex,azureml,local}
+    python _mlcloud/launcher.py --platform {sagemaker,vertex,azureml,local,ray}
         [--nproc-per-node N] [--distributed] [--master-port 29500]
         [--input NAME=PATH ...] [--output NAME=PATH ...] -- cmd args...
 
@@ -226,6 +226,7 @@ PLATFORMS: dict[str, Callable[[Mapping[str, str], Path], dict[str, str]]] = {
     "vertex": env_for_vertex,
     "azureml": env_for_azureml,
     "local": env_for_local,
+    "ray": env_for_local,  # the Ray provider sets the MLCLOUD_* variables itself
 }
 
 
@@ -305,6 +306,100 @@ def build_env(args: Args, environ: Mapping[str, str], fs_root: Path = Path("/"))
     return env
 
 
+# ---- secrets: references in the plan, values read here with the job's own identity -----------
+SECRET_REF_PREFIX = "MLCLOUD_SECRETREF_"  # noqa: S105 (a variable name; mlcloud.sensitive)
+
+
+class SecretError(RuntimeError):
+    """A secret reference this job cannot read: the command does not start without it."""
+
+
+def resolve_secrets(env: dict[str, str], fetch: Callable[..., str] | None = None) -> dict[str, str]:
+    """Each ``MLCLOUD_SECRETREF_<NAME>=<reference>`` becomes ``NAME=<the secret>``: the plan,
+    the request and mlcloud's store only ever hold the reference."""
+    fetch = fetch or fetch_secret
+    out = {k: v for k, v in env.items() if not k.startswith(SECRET_REF_PREFIX)}
+    for key, ref in sorted(env.items()):
+        if key.startswith(SECRET_REF_PREFIX):
+            name = key[len(SECRET_REF_PREFIX) :]
+            try:
+                out[name] = fetch(ref, env)
+            except Exception as exc:  # any failure: a clear line, and no run without it
+                raise SecretError(f"cannot read the secret for {name} ({ref}): {exc}") from None
+    return out
+
+
+def fetch_secret(ref: str, env: Mapping[str, str]) -> str:
+    if ref.startswith("arn:"):
+        return _aws_secret(ref)
+    if ref.startswith("projects/"):
+        return _gcp_secret(ref, env)
+    if ".vault." in ref:
+        return _azure_secret(ref, env)
+    raise SecretError("not an AWS, Secret Manager or Key Vault reference")
+
+
+def _aws_secret(arn: str) -> str:
+    """Secrets Manager or SSM (SecureString), with the training job's role (boto3, which
+    SageMaker's framework images ship)."""
+    import boto3
+
+    region = arn.split(":")[3]
+    if arn.split(":")[2] == "ssm":
+        ssm = boto3.client("ssm", region_name=region)
+        return str(ssm.get_parameter(Name=arn, WithDecryption=True)["Parameter"]["Value"])
+    answer = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)
+    if "SecretString" in answer:
+        return str(answer["SecretString"])
+    return bytes(answer["SecretBinary"]).decode("utf-8")
+
+
+def _http_json(url: str, headers: Mapping[str, str]) -> dict:  # type: ignore[type-arg]
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        raise SecretError(f"{url!r} is not an http(s) URL")
+    request = urllib.request.Request(url, headers=dict(headers))  # noqa: S310 (checked above)
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (checked above)
+        return dict(json.loads(answer.read().decode("utf-8")))
+
+
+def _gcp_secret(name: str, env: Mapping[str, str]) -> str:
+    """Secret Manager's REST API with the job's service account token (metadata server)."""
+    import base64
+
+    metadata = env.get("GCE_METADATA_HOST") or "metadata.google.internal"
+    token_url = f"http://{metadata}/computeMetadata/v1/instance/service-accounts/default/token"
+    token = _http_json(token_url, {"Metadata-Flavor": "Google"})["access_token"]
+    base = env.get("MLCLOUD_SECRETMANAGER_URL") or "https://secretmanager.googleapis.com"
+    answer = _http_json(f"{base}/v1/{name}:access", {"Authorization": f"Bearer {token}"})
+    return base64.b64decode(answer["payload"]["data"]).decode("utf-8")
+
+
+def _azure_secret(uri: str, env: Mapping[str, str]) -> str:
+    """Key Vault's REST API with the compute's managed identity."""
+    resource = "https://vault.azure.net"
+    if env.get("IDENTITY_ENDPOINT") and env.get("IDENTITY_HEADER"):
+        token_url = f"{env['IDENTITY_ENDPOINT']}?api-version=2019-08-01&resource={resource}"
+        headers = {"X-IDENTITY-HEADER": env["IDENTITY_HEADER"]}
+    elif env.get("MSI_ENDPOINT"):  # Azure ML compute clusters
+        token_url = f"{env['MSI_ENDPOINT']}?api-version=2017-09-01&resource={resource}"
+        headers = {"secret": env["MSI_SECRET"]} if env.get("MSI_SECRET") else {"Metadata": "true"}
+    else:  # the instance metadata service
+        token_url = (
+            "http://169.254.169.254/metadata/identity/oauth2/token"
+            f"?api-version=2018-02-01&resource={resource}"
+        )
+        headers = {"Metadata": "true"}
+    client_id = env.get("DEFAULT_IDENTITY_CLIENT_ID") or env.get("AZURE_CLIENT_ID")
+    if client_id:
+        token_url += f"&client_id={client_id}"
+    token = _http_json(token_url, headers)["access_token"]
+    vault = env.get("MLCLOUD_KEYVAULT_URL")  # a test's stand-in for https://<vault>.vault...
+    url = f"{vault}/{uri.split('/', 3)[3]}" if vault else uri
+    return str(_http_json(f"{url}?api-version=7.4", {"Authorization": f"Bearer {token}"})["value"])
+
+
 def build_command(args: Args, env: dict[str, str]) -> list[str]:
     nodes, nproc = int(env[NUM_NODES]), args.nproc_per_node
     if not (args.distributed or nodes > 1 or nproc > 1):
@@ -370,6 +465,11 @@ def main(argv: list[str] | None = None, fs_root: Path | None = None) -> int:
         # Tests lay out /opt/ml or /gcs under a temp dir; in a real container this is unset.
         fs_root = Path(os.environ.get("MLCLOUD_FS_ROOT") or "/")
     env = build_env(args, os.environ, fs_root)
+    try:
+        env = resolve_secrets(env)
+    except SecretError as exc:
+        print(f"[mlcloud] {exc}", file=sys.stderr, flush=True)
+        return 1
     command = build_command(args, env)
     # Names and ranks only: environment values can hold credentials.
     print(

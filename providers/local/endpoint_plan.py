@@ -25,11 +25,14 @@ from providers.local.endpoint_net import (
     SERVICE,
     TOKEN_ENV,
     TOKEN_FILE,
+    api_token,
+    check_token,
     free_port,
     http_url,
     needs_token,
 )
 from providers.local.front import UPSTREAMS_FILE
+from providers.local.front_conn import Limits
 
 if TYPE_CHECKING:
     from mlcloud.specs import Deployment
@@ -98,6 +101,10 @@ def plan_deploy(provider: LocalProvider, deployment: Deployment) -> Plan[Deploym
     old = existing(provider, name)
     old_details = old.details if old else {}
     host, port = _address(deployment, old_details.get("front") or {}, provider)
+    if needs_token(host):  # refused here, before anything starts (a missing one is generated)
+        token = api_token(provider.store.home, create=False)
+        if token is not None:
+            check_token(token, host)
     generation = int(old_details.get("generation", 0)) + 1
     servers = _servers(provider, deployment, model_dir, state_dir, generation)
     front = _front(provider, deployment, state_dir, host, port)
@@ -163,7 +170,25 @@ def _address(
             f"an update cannot move it to {host}:{port}",
             hint=f"undeploy it first: mlcloud undeploy {deployment.name}",
         )
+    if not old_front and deployment.port:  # said here, not as the front's traceback later
+        _check_bindable(host, port, provider)
     return host, port
+
+
+def _check_bindable(host: str, port: int, provider: LocalProvider) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise provider.origin.error(
+                Conflict,
+                f"cannot serve on {host}:{port}: {exc.strerror or exc}",
+                hint="choose another --port (or leave it out for a free one), or another --host",
+            ) from None
 
 
 def _servers(
@@ -197,18 +222,30 @@ def _servers(
 def _front(
     provider: LocalProvider, deployment: Deployment, state_dir: Path, host: str, port: int
 ) -> FrontSpec:
-    raw = deployment.env.get("MLCLOUD_SERVE_MAX_BODY", str(DEFAULT_MAX_BODY))
-    try:
-        max_body = int(raw)
-    except ValueError:
-        raise SpecError(f"env.MLCLOUD_SERVE_MAX_BODY={raw!r} must be a number of bytes") from None
+    max_body = _positive_env(deployment, "MLCLOUD_SERVE_MAX_BODY", DEFAULT_MAX_BODY, "bytes")
+    max_conns = _positive_env(
+        deployment, "MLCLOUD_SERVE_MAX_CONNECTIONS", Limits().max_connections, "connections"
+    )
+    log = str(state_dir / "front.log")
     argv = (
         sys.executable, "-m", "providers.local.front",
         "--host", host, "--port", str(port), "--state-dir", str(state_dir),
-        "--max-body", str(max_body), *(["--token-stdin"] if needs_token(host) else []),
+        "--max-body", str(max_body), "--max-connections", str(max_conns), "--log-file", log,
+        *(["--token-stdin"] if needs_token(host) else []),
     )  # fmt: skip
     env = {procs.ENV_TAG: procs.tag(provider.store.home, deployment.name, "front")}
-    return FrontSpec(argv, env, str(state_dir), str(state_dir / "front.log"), host, port)
+    return FrontSpec(argv, env, str(state_dir), log, host, port)
+
+
+def _positive_env(deployment: Deployment, name: str, default: int, unit: str) -> int:
+    raw = deployment.env.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SpecError(f"env.{name}={raw!r} must be a positive number of {unit}")
+    return value
 
 
 def _steps(

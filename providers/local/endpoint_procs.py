@@ -9,15 +9,18 @@ interrupted deploy) so that undeploy can promise the processes are gone.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 
+from mlcloud import sensitive
 from providers.local.errors import LocalProcessError
 from providers.local.procs import ProcessId, identity, with_env
 from providers.local.procs import alive as alive  # one liveness check for jobs and endpoints
@@ -46,11 +49,15 @@ def spawn(
     cwd: str,
     log_path: Path,
     stdin_data: str | None = None,
+    *,
+    inherit: bool = True,
 ) -> Ident:
-    """Start ``argv`` in a new session with its output appended to ``log_path``."""
+    """Start ``argv`` in a new session with its output appended to ``log_path``; with ``env``
+    on top of this process's environment (scrubbed), or ``env`` alone if not ``inherit``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **env}
-    with open(log_path, "ab") as log:
+    # A model server needs no cloud credentials, API token or secret of the caller's shell.
+    full_env = {**sensitive.scrubbed_environ(os.environ), **env} if inherit else dict(env)
+    with sensitive.open_append(log_path) as log:  # 0600: a server's log may quote its input
         proc = subprocess.Popen(
             list(argv),
             env=full_env,
@@ -91,16 +98,21 @@ def workers(ident: Ident) -> set[int]:
     return found
 
 
-def tagged(prefix: str) -> list[psutil.Process]:
-    """Live processes whose ``MLCLOUD_ENDPOINT_TAG`` starts with ``prefix``."""
+def tagged(prefix: str, exact: bool = False) -> list[psutil.Process]:
+    """Live processes whose ``MLCLOUD_ENDPOINT_TAG`` starts with ``prefix`` (is ``prefix``)."""
+    if exact:
+        return with_env(lambda env: env.get(ENV_TAG) == prefix)
     return with_env(lambda env: (env.get(ENV_TAG) or "").startswith(prefix))
 
 
-def stop(idents: Sequence[Ident], tag_prefix: str | None, grace: float = 10.0) -> int:
+def stop(
+    idents: Sequence[Ident], tag_prefix: str | None, grace: float = 10.0, exact: bool = False
+) -> int:
     """SIGTERM the processes (their groups), SIGKILL whatever outlives ``grace``; verify.
 
-    ``tag_prefix`` also sweeps every process carrying that tag. Returns how many survivors had to
-    be SIGKILLed. Raises ``LocalProcessError`` if something still runs afterwards.
+    ``tag_prefix`` also sweeps every process carrying that tag (exactly that tag if ``exact``).
+    Returns how many survivors had to be SIGKILLed. Raises ``LocalProcessError`` if something
+    still runs afterwards.
     """
     procs: list[psutil.Process] = []
     for ident in idents:
@@ -114,7 +126,7 @@ def stop(idents: Sequence[Ident], tag_prefix: str | None, grace: float = 10.0) -
             continue
         _killpg(int(ident["pid"]), signal.SIGTERM)
     if tag_prefix:
-        procs.extend(tagged(tag_prefix))
+        procs.extend(tagged(tag_prefix, exact))
     unique = {p.pid: p for p in procs}.values()
     for proc in unique:
         with contextlib.suppress(psutil.Error):
@@ -135,7 +147,7 @@ def stop(idents: Sequence[Ident], tag_prefix: str | None, grace: float = 10.0) -
         reap(ident)
     left = [p for p in unique if _running(p)]
     if tag_prefix:
-        left += tagged(tag_prefix)
+        left += tagged(tag_prefix, exact)
     if left:
         raise LocalProcessError(
             f"processes still running after SIGKILL: {[p.pid for p in left]}", code="StopFailed"
@@ -169,3 +181,34 @@ def log_tail(path: str | Path | None, lines: int = 30) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+# ---- the endpoint's lock: deploys, undeploys and a front restart take it --------------------
+@contextmanager
+def locked(state_dir: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the endpoint's exclusive lock; yields False (not held) if it is busy and not
+    ``wait``."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(state_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def deploy_running(state_dir: Path) -> bool:
+    """Whether some process holds the endpoint's lock right now."""
+    try:
+        with open(state_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False

@@ -13,17 +13,19 @@ A deploy holds an exclusive lock on the endpoint directory, so two deploys of on
 interleave. The record is written before any process starts (CREATING / UPDATING), so an
 interrupted deploy still leaves undeploy enough to clean up; undeploy also sweeps processes by
 their environment tag.
+
+Self-healing: the front restarts a dead server (``front_watch.py``, which publishes
+``health.json``); ``status`` restarts a dead front, with backoff, and reports what is restarting
+and how often it was restarted (``details.restarts``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -41,13 +43,16 @@ from mlcloud.progress import Progress
 from mlcloud.records import EndpointRecord, EndpointState, Plan
 from providers.common.waiting import wait_until
 from providers.local import endpoint_procs as procs
+from providers.local.endpoint_heal import current_servers
 from providers.local.endpoint_net import (
     DRAIN_TIMEOUT,
     TIMEOUT_ENV,
     api_token,
+    check_token,
     connect_host,
     has_bentoml,
     http_url,
+    token_fingerprint,
 )
 from providers.local.endpoint_plan import (
     STOP_GRACE,
@@ -69,9 +74,16 @@ class ServerIdent(procs.Ident):
     port: int
 
 
-class FrontIdent(procs.Ident):
+class _FrontAddress(procs.Ident):
     host: str
     port: int
+
+
+class FrontIdent(_FrontAddress, total=False):
+    argv: list[str]  # how to start it again
+    restarts: int
+    failures: int  # consecutive restarts: the backoff's exponent
+    restarted_at: float
 
 
 # ---- deploy ---------------------------------------------------------------------------------
@@ -85,7 +97,7 @@ def deploy(provider: LocalProvider, plan: Plan[Deployment]) -> EndpointRecord:
         modeldir.verify(model_dir)  # changed since it was planned: a ModelError
     except OSError as exc:
         raise ModelError(f"model {model_dir}: {exc}") from None
-    with _locked(endpoint_dir(provider.store.home, plan.id)):
+    with procs.locked(endpoint_dir(provider.store.home, plan.id)):
         old = existing(provider, plan.id)
         if bool(old and old.details.get("front")) != ctx.update or (
             old and int(old.details.get("generation", 0)) + 1 != ctx.generation
@@ -118,6 +130,8 @@ class _Deploy:
         self.old = old
         self.show = show
         self.token = api_token(self.home, create=True) if self.ctx.auth else None
+        if self.ctx.auth:
+            check_token(self.token, self.ctx.front.host)
         front = old.details.get("front") if old else None
         self.front = cast(FrontIdent, dict(front)) if front else None
         self.started: list[ServerIdent] = []
@@ -132,8 +146,7 @@ class _Deploy:
             _wait_servers_ready(self.provider, self.started, self.show)
             # 2. the switch: publish the new upstream list, confirm the front took it
             self.show("switching the front to the new servers")
-            urls = [http_url("127.0.0.1", s["port"]) for s in self.started]
-            write_upstreams(endpoint_dir(self.home, self.name), self.ctx.generation, urls)
+            _publish(self.home, self.name, self.ctx.generation, self.started)
             _wait_switched(self.provider, front, self.ctx.generation, self.token)
         except BaseException:
             self._abandon()
@@ -177,7 +190,8 @@ class _Deploy:
         self.show("starting the endpoint front")
         spec = self.ctx.front
         ident = procs.spawn(spec.argv, spec.env, spec.cwd, Path(spec.log), stdin_data=self.token)
-        self.front = {**ident, "host": spec.host, "port": spec.port}
+        front = {**ident, "host": spec.host, "port": spec.port, "argv": list(spec.argv)}
+        self.front = cast(FrontIdent, front)
         self.record.details["front"] = self.front
         self.provider.store.put_endpoint(self.record)
         return self.front
@@ -193,6 +207,7 @@ class _Deploy:
                 "front": front,
                 "pending": [],
                 "auth": "token" if self.ctx.auth else "none",
+                "token_sha256": token_fingerprint(self.token),
                 "log_dir": str(endpoint_dir(self.home, self.name)),
             }
         )
@@ -220,22 +235,32 @@ class _Deploy:
         store = self.provider.store
         new_servers = procs.tag(self.home, record.name, f"server-g{generation}-")
         if old is None:
-            procs.stop(self.started, new_servers)
             front = record.details.get("front")
-            procs.stop([front] if front else [], procs.tag(self.home, record.name, ""))
+            procs.stop(
+                [front] if front else [], procs.tag(self.home, record.name, "front"), exact=True
+            )
+            procs.stop(self.started, procs.tag(self.home, record.name, ""))
             store.delete_endpoint(record.name, self.provider.name)
             return
-        old_servers = old.details.get("servers") or []
-        # The front may already list the new servers: point it back at the old ones.
-        write_upstreams(
-            endpoint_dir(self.home, record.name),
-            generation + 1,
-            [http_url("127.0.0.1", s["port"]) for s in old_servers],
-        )
+        # The front may already list the new servers: point it back at the old ones (as they
+        # run now: the front may have restarted some).
+        state_dir = endpoint_dir(self.home, record.name)
+        old_servers = current_servers(state_dir, old.details.get("servers") or [])
+        _publish(self.home, record.name, generation + 1, old_servers)
         procs.stop(self.started, new_servers)
         old.details["front"] = record.details.get("front")  # a restarted front stays recorded
         old.message = f"the update to generation {generation} failed; the old model still serves"
         store.put_endpoint(old)
+
+
+def _publish(home: Path, name: str, generation: int, servers: list[ServerIdent]) -> None:
+    """Point the front at ``servers`` (their processes too: its watchdog restarts them)."""
+    urls = [http_url("127.0.0.1", s["port"]) for s in servers]
+    watched = [
+        {"url": url, "pid": s["pid"], "create_time": s.get("create_time"), "log": s.get("log")}
+        for url, s in zip(urls, servers, strict=True)
+    ]
+    write_upstreams(endpoint_dir(home, name), generation, urls, watched)
 
 
 # ---- waiting on the processes ---------------------------------------------------------------
@@ -376,35 +401,31 @@ def _drain(
 
 # ---- status / predict / undeploy ------------------------------------------------------------
 def status(provider: LocalProvider, name: str) -> EndpointRecord:
+    """The record, refreshed from the processes: a dead front is restarted (with backoff), a
+    dead server is being restarted by the front (see ``endpoint_heal``)."""
     record = provider.store.get_endpoint(name, provider=provider.name)
     if record.state in (EndpointState.CREATING, EndpointState.UPDATING):
-        if _deploy_running(endpoint_dir(provider.store.home, name)):
+        if procs.deploy_running(endpoint_dir(provider.store.home, name)):
             return record
         record.state = EndpointState.FAILED  # the deploy died without finishing
         record.message = f"a deploy was interrupted; run mlcloud undeploy {name} and deploy again"
+        record.details["interrupted"] = True
         return provider.store.put_endpoint(record)
-    if record.state is not EndpointState.READY:
-        return record
-    dead = []
-    front = record.details.get("front")
-    if front and not procs.alive(front):
-        dead.append(f"front (pid {front['pid']}, log {front.get('log')})")
-    for server in record.details.get("servers") or []:
-        if not procs.alive(server):
-            where = f"pid {server['pid']}, log {server.get('log')}"
-            dead.append(f"server on port {server['port']} ({where})")
-    if dead:
-        record.state = EndpointState.FAILED
-        record.message = "process(es) exited: " + "; ".join(dead)
-        provider.store.put_endpoint(record)
+    details = record.details
+    if record.state in (EndpointState.READY, EndpointState.FAILED) and (
+        details.get("front") and details.get("servers") and not details.get("interrupted")
+    ):
+        from providers.local import endpoint_heal
+
+        return endpoint_heal.observe(provider, record)
     return record
 
 
 def predict(provider: LocalProvider, name: str, payload: Any) -> Any:
-    """POST ``payload`` (``{"instances": [...]}``, or a bare list of instances) to /predict."""
+    """POST ``payload`` (``{"instances": [...]}``, or a bare list of instances) to /predict.
+    If the front does not answer, ``status`` restarts it and the request is sent once more."""
     record = provider.store.get_endpoint(name, provider=provider.name)
-    front = record.details.get("front")
-    if not front or record.state is EndpointState.CREATING:
+    if not record.details.get("front") or record.state is EndpointState.CREATING:
         raise provider.origin.error(
             Conflict, f"endpoint {name!r} is {record.state}, not serving yet"
         )
@@ -415,17 +436,23 @@ def predict(provider: LocalProvider, name: str, payload: Any) -> Any:
         raise SpecError(f"the payload is not JSON-serialisable: {exc}") from None
     auth = record.details.get("auth") == "token"
     token = api_token(provider.store.home, create=False) if auth else None
-    url = http_url(connect_host(front["host"]), front["port"]) + "/predict"
-    try:
-        code, raw = provider.clients.http.request("POST", url, data, token=token, timeout=60)
-    except OSError as exc:
-        state = status(provider, name)
-        raise provider.origin.error(
-            Transient,
-            f"endpoint {name!r} did not answer at {url} ({exc}); state {state.state}"
-            + (f": {state.message}" if state.message else ""),
-            hint=f"check it with: mlcloud endpoints show {name}",
-        ) from None
+    for attempt in (1, 2):
+        front = record.details["front"]
+        url = http_url(connect_host(front["host"]), front["port"]) + "/predict"
+        try:
+            code, raw = provider.clients.http.request("POST", url, data, token=token, timeout=60)
+            break
+        except OSError as exc:
+            pid = front["pid"]
+            record = status(provider, name)
+            if attempt == 1 and record.details["front"]["pid"] != pid:
+                continue  # the front was restarted: once more
+            raise provider.origin.error(
+                Transient,
+                f"endpoint {name!r} did not answer at {url} ({exc}); state {record.state}"
+                + (f": {record.message}" if record.message else ""),
+                hint=f"check it with: mlcloud endpoints show {name}",
+            ) from None
     try:
         answer = json.loads(raw)
     except ValueError:
@@ -439,15 +466,17 @@ def predict(provider: LocalProvider, name: str, payload: Any) -> Any:
 def undeploy(provider: LocalProvider, name: str) -> EndpointRecord | None:
     """Stop the front and the servers, verify they are gone, forget the endpoint."""
     home = provider.store.home
-    with _locked(endpoint_dir(home, name)):
+    with procs.locked(endpoint_dir(home, name)):
         record = existing(provider, name)
         idents: list[procs.Ident] = []
+        front: list[procs.Ident] = []
         if record is not None:
             details = record.details
             idents += list(details.get("servers") or []) + list(details.get("pending") or [])
-            if details.get("front"):
-                idents.append(details["front"])
+            front = [details["front"]] if details.get("front") else []
         try:
+            # The front first: it restarts servers that die, so it must be gone before they go.
+            procs.stop(front, procs.tag(home, name, "front"), exact=True)
             procs.stop(idents, procs.tag(home, name, ""))
         except LocalProcessError as exc:
             raise LocalProcessError(f"undeploy of {name!r}: {exc}", code=exc.code) from None
@@ -456,28 +485,3 @@ def undeploy(provider: LocalProvider, name: str) -> EndpointRecord | None:
         provider.store.delete_endpoint(name, provider.name)
         record.state = EndpointState.DELETED
         return record
-
-
-# ---- the deploy lock ------------------------------------------------------------------------
-@contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(state_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _deploy_running(state_dir: Path) -> bool:
-    """Whether some process holds the endpoint's deploy lock right now."""
-    try:
-        with open(state_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False

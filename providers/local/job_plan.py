@@ -9,14 +9,15 @@ started on this machine, with a c10d rendezvous whose TCPStore the supervisor ho
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlcloud import runtime
+from mlcloud import runtime, sensitive
 from mlcloud.errors import SpecError, UnsupportedFeature
 from mlcloud.records import Plan, PlanStep, new_job_id
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from providers.local.provider import LocalProvider
 
 RDZV_CONF = "join_timeout=60,last_call_timeout=1,close_timeout=10"
+#: seconds between two attempts of a plain job: the first wait, doubled per attempt up to the cap
+RESTART_BACKOFF = (1.0, 60.0)
+#: Linux's MAX_ARG_STRLEN: the longest one argv or environment string ("NAME=value" and NUL)
+MAX_ARG_STRLEN = 32 * 4096
 #: where the worker shim records attempts (the state store), in every process of a job
 ENV_STATE_DB = "MLCLOUD_STATE_DB"
 _LOCAL_SCHEMES = ("file://",)
@@ -47,6 +52,9 @@ class LocalJobContext:
     restarts: int  # attempts the supervisor adds (torchrun restarts distributed jobs itself)
     grace: float  # SIGTERM → SIGKILL on cancel, seconds
     python: str | None  # the supervisor's interpreter; None: this one
+    # literal secret-looking env values: for the supervisor's environment, never its files
+    hidden_env: dict[str, str] = field(default_factory=dict)
+    backoff: tuple[float, float] = RESTART_BACKOFF
 
 
 def job_dir(home: Path, job_id: str) -> Path:
@@ -79,18 +87,19 @@ def plan_job(provider: LocalProvider, job: TrainingJob) -> Plan[TrainingJob]:
         **_input_env(job, provider.where),
         ENV_STATE_DB: str(provider.store.path),
     }
+    _, env_from, hidden = _split_env(job, provider.where)
     nodes_here = conf.nodes_here or (1 if conf.rdzv_endpoint else job.max_nodes)
     _check_gpus(job, nodes_here, provider.where)
     rdzv: Rendezvous | None = None
     if not job.distributed:
-        steps = [_popen(list(job.command), {**env, **_visible_gpus(job, 0)}, source)]
+        steps = [_popen(list(job.command), {**env, **_visible_gpus(job, 0)}, source, env_from)]
     else:
         # Loopback rendezvous hosted by the supervisor, unless the profile names a head node.
         rdzv = None if conf.rdzv_endpoint else _loopback_rendezvous()
         argv = _torchrun_argv(job, job_id, conf.python, rdzv, conf.rdzv_endpoint)
         hosted = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if rdzv else {}
         steps = [
-            _popen(argv, {**env, **hosted, **_visible_gpus(job, node)}, source)
+            _popen(argv, {**env, **hosted, **_visible_gpus(job, node)}, source, env_from)
             for node in range(nodes_here)
         ]
     context = LocalJobContext(
@@ -99,7 +108,9 @@ def plan_job(provider: LocalProvider, job: TrainingJob) -> Plan[TrainingJob]:
         restarts=0 if job.distributed else job.max_restarts,
         grace=conf.cancel_grace,
         python=conf.python,
+        hidden_env=hidden,
     )
+    _check_exec_limits(steps, provider.where)
     volatile = (str(rdzv.port),) if rdzv else ()
     return provider.make_plan("job", job_id, job, steps, context=context, volatile=volatile)
 
@@ -131,7 +142,7 @@ def _contract_env(
     output = _local_path(job.output, "output", where) if job.output else str(home / "output")
     env = {
         "PYTHONUNBUFFERED": "1",
-        **job.env,
+        **_split_env(job, where)[0],
         runtime.ENV_JOB_ID: job_id,
         runtime.ENV_PROVIDER_TYPE: provider.type,
         runtime.ENV_MODEL_DIR: str(home / "model"),
@@ -215,5 +226,59 @@ def _torchrun_argv(
     ]  # fmt: skip
 
 
-def _popen(argv: list[str], env: dict[str, str], cwd: Path) -> PlanStep:
-    return PlanStep("local.Popen", {"argv": argv, "env": env, "cwd": str(cwd)})
+def _check_exec_limits(steps: list[PlanStep], where: str) -> None:
+    """Refuse now what ``execve`` would refuse at run time (``Argument list too long``): one
+    string over MAX_ARG_STRLEN (Linux), or argv and environment together over ARG_MAX."""
+    inherited = sum(_exec_size(f"{k}={v}") for k, v in os.environ.items())
+    total_limit = os.sysconf("SC_ARG_MAX") if "SC_ARG_MAX" in os.sysconf_names else 2**20
+    for step in steps:
+        strings = [("command", a) for a in step.request["argv"]]
+        strings += [(k, f"{k}={v}") for k, v in step.request["env"].items()]
+        for what, text in strings:
+            size = _exec_size(text)
+            if size > MAX_ARG_STRLEN and sys.platform.startswith("linux"):
+                raise _too_long(what, size, f"one {_kind(what)} holds at most 128 KiB")
+        total = inherited + sum(_exec_size(text) for _, text in strings)
+        if total > total_limit:
+            raise _too_long(
+                "command and env", total, f"together they hold {total_limit // 1024} KiB"
+            )
+
+
+def _exec_size(text: str) -> int:
+    return len(text.encode(errors="surrogateescape")) + 1 + 8  # its NUL and its pointer
+
+
+def _kind(what: str) -> str:
+    return "argument" if what == "command" else "environment variable"
+
+
+def _too_long(what: str, size: int, limit: str) -> SpecError:
+    field = {runtime.ENV_HPARAMS: "hyperparameters"}.get(what, f"env.{what}")
+    field = what if what in ("command", "command and env") else field
+    return SpecError(
+        f"{field}: {size / 1024:.0f} KiB is more than a process can be started with here ({limit})",
+        hint="keep large values in a file and pass it as an input (inputs: {params: "
+        "./params.json}); the job reads it at MLCLOUD_INPUT_PARAMS",
+    )
+
+
+def _popen(argv: list[str], env: dict[str, str], cwd: Path, env_from: dict[str, str]) -> PlanStep:
+    """``env_from``: variables the supervisor copies from its own environment (secrets)."""
+    request = {"argv": argv, "env": env, "cwd": str(cwd)}
+    return PlanStep("local.Popen", {**request, "env_from": env_from} if env_from else request)
+
+
+def _split_env(
+    job: TrainingJob, where: str
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """The job's env as (values, copied from the supervisor's environment, hidden values):
+    ``{from_env: NAME}`` and literal secret-looking values never reach a file."""
+    try:
+        return sensitive.split_env(job.env_json)
+    except ValueError as exc:
+        raise UnsupportedFeature(
+            f"cloud secret store references ({exc})",
+            where,
+            hint="a local job reads secrets from your environment: {from_env: NAME}",
+        ) from None

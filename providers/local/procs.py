@@ -3,15 +3,23 @@
 Every process of a job carries ``MLCLOUD_JOB_ID`` in its environment, which is how the job's
 processes are found even when they left its process group: torchrun starts each worker in a
 session of its own, so killing the agent's group would orphan the workers.
+
+Who owns a job is told by a lock: the submitter takes an exclusive ``flock`` on the job's lock
+file before anything else exists on disk and hands the very same open file to the supervisor it
+starts, which holds it until it exits. The kernel drops the lock when the last holder dies,
+however it dies, so "is anyone still running this job?" is one non-blocking ``flock`` (no pid
+that could be recycled, no window between submitter and supervisor).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypedDict
 
 import psutil
@@ -42,6 +50,36 @@ def alive(ident: ProcessId) -> bool:
         return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except (psutil.Error, KeyError, TypeError, ValueError):  # a record of another version
         return False
+
+
+def take_lock(path: Path) -> int:
+    """A new lock file at ``path``, held (exclusive ``flock``); returns its descriptor. Made
+    under another name and renamed into place, so it is never seen unheld."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return fd
+
+
+def lock_held(path: Path) -> bool | None:
+    """Whether a live process holds the lock file at ``path``; ``None`` when there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the shared lock just taken
+    return False
 
 
 def with_env(match: Callable[[dict[str, str]], bool]) -> list[psutil.Process]:
@@ -76,12 +114,13 @@ def signal_processes(procs: list[psutil.Process], sig: int) -> None:
 def kill_job_processes(job_id: str, grace: float, groups: list[int] | None = None) -> int:
     """SIGTERM every process of the job (and the given process groups), SIGKILL after ``grace``.
 
-    Returns how many processes had to be SIGKILLed.
+    Returns how many processes of the job were found.
     """
     for pgid in groups or ():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
-    signal_processes(job_processes(job_id), signal.SIGTERM)
+    found = job_processes(job_id)
+    signal_processes(found, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not job_processes(job_id):
@@ -93,4 +132,4 @@ def kill_job_processes(job_id: str, grace: float, groups: list[int] | None = Non
     stragglers = job_processes(job_id)
     signal_processes(stragglers, signal.SIGKILL)
     psutil.wait_procs(stragglers, timeout=5)
-    return len(stragglers)
+    return len(found)

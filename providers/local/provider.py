@@ -37,6 +37,7 @@ class LocalProvider(Provider[LocalSettings]):
     )
     settings_model = LocalSettings
     translate_error = staticmethod(errors.translate)
+    status_is_local = True  # a lock and a pid on this machine (jobs.owner_alive)
 
     @cached_property
     def clients(self) -> LocalClients:

@@ -21,16 +21,20 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
 
+from mlcloud import sensitive
 from providers.local.errors import LocalProcessError
 
 if TYPE_CHECKING:
+    from mlcloud.records import JobRecord
     from mlcloud.store import Store
 
 # The state store (and psutil) are imported on first use, after the first attempt has started:
@@ -42,6 +46,7 @@ LAUNCHED_FILE = "launched.jsonl"
 class StepSpec(TypedDict):
     argv: list[str]
     env: dict[str, str]  # set on top of the supervisor's environment
+    env_from: dict[str, str]  # variable -> the supervisor's variable it is copied from (secrets)
     cwd: str
 
 
@@ -60,6 +65,7 @@ class SupervisorSpec(TypedDict):
     restarts: int
     grace: float
     max_runtime: float
+    backoff: list[float]  # [first, cap]: seconds between attempts, doubling up to cap
     log: str
     launched: str  # where to append what each started process really got
 
@@ -76,8 +82,9 @@ class Launched(TypedDict):
 
 
 class Supervisor:
-    def __init__(self, spec: SupervisorSpec) -> None:
+    def __init__(self, spec: SupervisorSpec, lock_fd: int | None = None) -> None:
         self.spec = spec
+        self.lock_fd = lock_fd  # the job's lock (jobs.LOCK_FILE), held until this process ends
         self.job_id: str = spec["job_id"]
         self._store: Store | None = None
         self.cancel = threading.Event()
@@ -93,25 +100,36 @@ class Supervisor:
             self._store = Store(Path(self.spec["state_db"]))
         return self._store
 
-    def record(self, state: str | None = None, **fields: Any) -> None:
-        """Update this job in the store; ``state`` is a JobState name."""
+    def record(self, state: str | None = None, **fields: Any) -> JobRecord:
+        """Update this job in the store; ``state`` is a JobState name. A finished job has no
+        process left: the rendezvous store is stopped before the end is recorded."""
         from mlcloud.records import JobState
 
-        self.store.update_job(self.job_id, state=JobState(state) if state else None, **fields)
+        if state and JobState(state).terminal:
+            self._stop_rdzv()
+        return self.store.update_job(
+            self.job_id, state=JobState(state) if state else None, **fields
+        )
 
     def log(self, out: BinaryIO, text: str) -> None:
         out.write(f"[mlcloud] {text}\n".encode())
         out.flush()
 
     def run(self) -> None:
-        with open(self.spec["log"], "ab", buffering=0) as out:
+        with sensitive.open_append(self.spec["log"]) as out:
             try:
                 self._run(out)
             except Exception as e:  # record, never lose the job's end
                 self.log(out, f"supervisor error: {e}")
-                self.record("FAILED", message=str(e))
+                self._stop_everything(grace=2.0)  # first: a finished job has no process left
+                try:
+                    self.record("FAILED", message=str(e))
+                except Exception as again:  # the store itself failed: the log says it all
+                    self.log(out, f"could not record the failure: {again}")
             finally:
                 self._stop_everything(grace=2.0)
+                if self._store is not None:
+                    self._store.close()
 
     def _run(self, out: BinaryIO) -> None:
         if self.spec["rdzv"]:
@@ -126,15 +144,11 @@ class Supervisor:
                 break
             if rc == 0:
                 self.log(out, "job succeeded")
-                self.record("SUCCEEDED", exit_code=0, message="succeeded")
+                model = self._collect_model(out)
+                self.record("SUCCEEDED", exit_code=0, message="succeeded", merge_outputs=model)
                 return
             if attempt < attempts:
-                self.log(out, f"attempt {attempt} failed with exit code {rc}; restarting")
-                self.record(
-                    "RESTARTING",
-                    exit_code=rc,
-                    event=f"attempt {attempt} failed with exit code {rc}",
-                )
+                self._back_off(out, attempt, rc)
                 continue
             self.log(out, f"job failed with exit code {rc}")
             self.record(
@@ -143,27 +157,63 @@ class Supervisor:
             return
         self._cancel(out)
 
+    def _back_off(self, out: BinaryIO, attempt: int, rc: int) -> None:
+        """Wait before the next attempt: ``first`` seconds doubling per attempt up to ``cap``, so
+        a job that fails at once does not spin; cancel and max_runtime still apply."""
+        first, cap = self.spec["backoff"]
+        delay = min(cap, first * 2 ** (attempt - 1))
+        said = f"attempt {attempt} failed with exit code {rc}; next attempt in {delay:g} s"
+        self.log(out, said)
+        self.record("RESTARTING", exit_code=rc, event=said)
+        if self.cancel.wait(max(0.0, min(delay, self.deadline - time.monotonic()))):
+            return
+        if time.monotonic() > self.deadline:
+            raise TimeoutError(f"exceeded max_runtime ({self.spec['max_runtime']} s)")
+
+    def _collect_model(self, out: BinaryIO) -> dict[str, str]:
+        """The model's digest, recorded as the job ends: a deploy trusts the model's code only
+        if it still matches (``modeldir.collect`` first turns a scikit-learn pickle into skops
+        where it can)."""
+        from mlcloud import modeldir
+
+        model_dir = self.spec["steps"][0]["env"].get("MLCLOUD_MODEL_DIR")
+        outputs = modeldir.collect(Path(model_dir)) if model_dir else {}
+        if "model_converted" in outputs:
+            self.log(out, "model saved as skops (converted from a joblib pickle)")
+        return outputs
+
     def _run_attempt(self, out: BinaryIO, attempt: int) -> int:
         self.children = []
         for step in self.spec["steps"]:
             self.children.append(
                 subprocess.Popen(
                     step["argv"],
-                    env={**os.environ, **step["env"]},
+                    env=sensitive.process_env(os.environ, step["env"], step.get("env_from") or {}),
                     cwd=step["cwd"],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=die_with_parent(),
                 )
             )
         self._record_launched(attempt)
-        self.record(
+        from providers.local import procs
+
+        now = self.record(
             "RUNNING",
             attempts=attempt,
+            exit_code=None,  # the previous attempt's is in its RESTARTING event
             event=f"attempt {attempt} started",
-            merge_details={"pids": [c.pid for c in self.children]},
+            # Ours too: a submitter killed right after starting us could not record it.
+            merge_details={
+                "pids": [c.pid for c in self.children],
+                "supervisor": procs.identity(os.getpid()),
+            },
         )
+        if now.state.terminal:  # ended before we started it (a cancel): do not run it
+            self.log(out, f"the job was already {now.state}: stopping it")
+            self.cancel.set()
         return self._wait()
 
     def _record_launched(self, attempt: int) -> None:
@@ -187,12 +237,13 @@ class Supervisor:
                 seen["argv"], seen["cwd"] = proc.cmdline(), proc.cwd()
             except psutil.Error:
                 environ = {}
-            seen["env"] = {
-                k: v for k, v in environ.items() if k in step["env"] or os.environ.get(k) != v
-            }
+            seen["env"] = sensitive.redact_env(
+                {k: v for k, v in environ.items() if k in step["env"] or os.environ.get(k) != v},
+                secret=step.get("env_from") or {},
+            )
             lines.append(json.dumps(seen) + "\n")
-        with open(self.spec["launched"], "a", encoding="utf-8") as f:
-            f.writelines(lines)
+        with sensitive.open_append(self.spec["launched"]) as f:
+            f.write("".join(lines).encode())
 
     def _wait(self) -> int:
         """0 when every child succeeded; else the first failure's exit code (128+N if signalled)."""
@@ -231,8 +282,12 @@ class Supervisor:
 
     def _start_rdzv_store(self, out: BinaryIO, rdzv: RdzvSpec) -> None:
         host, port = rdzv["host"], int(rdzv["port"])
+        from mlcloud.runtime import ENV_JOB_ID
+
         self.rdzv = subprocess.Popen(
             [sys.executable, "-m", "providers.local.rdzv_store", host, str(port)],
+            env={**os.environ, ENV_JOB_ID: self.job_id},  # found by procs.job_processes
+            preexec_fn=die_with_parent(),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -259,45 +314,104 @@ class Supervisor:
             from providers.local import procs
 
             procs.kill_job_processes(self.job_id, grace=grace)
+        self._stop_rdzv()
+
+    def _stop_rdzv(self) -> None:
         if self.rdzv is not None and self.rdzv.poll() is None:
             self.rdzv.terminate()
             try:
                 self.rdzv.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.rdzv.kill()
-        if self._store is not None:
-            self._store.close()
+                self.rdzv.wait()
 
 
 def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def spawn(spec_path: Path, log_path: Path, python: str | None = None) -> int:
-    """Start the detached supervisor of one job in its own session; returns its pid.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the child SIGTERM when this process dies
+    (Linux; elsewhere ``None``): a supervisor killed with SIGKILL leaves no job process running
+    unsupervised, past its max_runtime. SIGTERM, not SIGKILL, so that torchrun stops its workers
+    and the runtime saves a last checkpoint. What survives is stopped by the next look at the
+    job (``jobs.status``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # died before the call above: nobody would tell us
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def spawn(
+    spec_path: Path,
+    log_path: Path,
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+    lock_fd: int | None = None,
+) -> int:
+    """Start the detached supervisor of one job in its own session; returns its pid. It
+    inherits ``lock_fd`` (the job's lock, see ``procs.take_lock``) and holds it while it lives.
 
     From a single-threaded caller (the CLI) on POSIX it is a double fork of the caller, which
     already has everything imported: the user's first line starts ~0.1 s sooner than with a fresh
-    interpreter. A threaded caller (a notebook, a server) or another interpreter gets ``python -m
-    providers.local.supervisor`` instead, since forking a threaded process is unsafe.
+    interpreter. A threaded caller (a notebook, a server), another interpreter, or a caller with
+    a SQLite database still open (``sqlite_open``) gets ``python -m providers.local.supervisor``
+    instead, since forking those is unsafe.
     """
     if python in (None, sys.executable) and hasattr(os, "fork") and threading.active_count() == 1:
         from mlcloud.store import Store
 
         Store.close_all()  # they reconnect on next use
-        return _fork(spec_path, log_path)
-    with open(log_path, "ab") as out:
+        if not sqlite_open():
+            return _fork(spec_path, log_path, env or {}, lock_fd)
+    lock = ["--lock-fd", str(lock_fd)] if lock_fd is not None else []
+    with sensitive.open_append(log_path) as out:
         return subprocess.Popen(
-            [python or sys.executable, "-m", "providers.local.supervisor", str(spec_path)],
+            [python or sys.executable, "-m", "providers.local.supervisor", str(spec_path), *lock],
+            env={**os.environ, **(env or {})},  # ``env``: secrets kept out of the spec file
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives the CLI and its terminal
             close_fds=True,
+            pass_fds=() if lock_fd is None else (lock_fd,),
         ).pid
 
 
-def _fork(spec_path: Path, log_path: Path) -> int:
+def sqlite_open() -> bool:
+    """Whether this process has a SQLite database open (a descriptor on a file that starts
+    with SQLite's header): a connection the caller made itself, not through a ``Store`` that
+    ``close_all`` closes. A forked child that opens the same database inherits SQLite's
+    per-process lock and descriptor bookkeeping for it and closes or locks the wrong files
+    (https://sqlite.org/howtocorrupt.html#fork), so such a caller is not forked. Where the
+    descriptors cannot be listed, assume one is open."""
+    folder = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)
+    if folder is None:
+        return True
+    for name in os.listdir(folder):
+        with contextlib.suppress(OSError, ValueError):
+            fd = int(name)
+            if stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, 16, 0) == _SQLITE_HEADER:
+                return True
+    return False
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _fork(spec_path: Path, log_path: Path, env: dict[str, str], lock_fd: int | None) -> int:
     sys.stdout.flush()  # or the child would write the caller's pending output again
     sys.stderr.flush()
     read_end, write_end = os.pipe()
@@ -310,7 +424,8 @@ def _fork(spec_path: Path, log_path: Path) -> int:
             grandchild = os.fork()
             if grandchild == 0:
                 os.close(write_end)
-                _detached_main(spec_path, log_path)  # never returns
+                os.environ.update(env)  # secrets kept out of the spec file
+                _detached_main(spec_path, log_path, lock_fd)  # never returns
             os.write(write_end, str(grandchild).encode())
             code = 0
         finally:
@@ -327,10 +442,10 @@ def _fork(spec_path: Path, log_path: Path) -> int:
     return int(answer)
 
 
-def _detached_main(spec_path: Path, log_path: Path) -> None:
+def _detached_main(spec_path: Path, log_path: Path, lock_fd: int | None) -> None:
     code = 1
     try:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null_fd = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
@@ -339,8 +454,11 @@ def _detached_main(spec_path: Path, log_path: Path) -> None:
         # would otherwise keep whoever reads that pipe waiting until the job ends. The caller's
         # SQLite connections were closed before the fork, and its objects are never finalized
         # here: its frames never unwind (os._exit) and the cyclic GC must not collect them.
+        # The job's lock is the one kept, as descriptor 3.
         gc.freeze()
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        if lock_fd is not None:
+            lock_fd = os.dup2(lock_fd, 3, inheritable=False)
+        os.closerange(3 if lock_fd is None else 4, os.sysconf("SC_OPEN_MAX"))
         if "logging" in sys.modules:  # handlers of the caller write to descriptors now closed
             sys.modules["logging"].root.handlers.clear()
         sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
@@ -348,7 +466,7 @@ def _detached_main(spec_path: Path, log_path: Path) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        main([sys.argv[0], str(spec_path)])
+        main([sys.argv[0], str(spec_path), *([] if lock_fd is None else ["--lock-fd", "3"])])
         code = 0
     except BaseException:
         import traceback
@@ -361,8 +479,10 @@ def _detached_main(spec_path: Path, log_path: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """``SPEC [--lock-fd N]``: N is the job's lock, inherited and held until this process ends."""
     spec: SupervisorSpec = json.loads(Path(argv[1]).read_text())
-    supervisor = Supervisor(spec)
+    lock_fd = int(argv[3]) if argv[2:3] == ["--lock-fd"] else None
+    supervisor = Supervisor(spec, lock_fd)
 
     def on_signal(signum: int, frame: object) -> None:
         supervisor.cancel.set()

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
+from mlcloud import sensitive
 from mlcloud.errors import SpecError, UnsupportedFeature
 from mlcloud.records import Plan, PlanStep, new_job_id
 from mlcloud.specs import TrainingJob, spec_hash
@@ -196,7 +198,7 @@ def build(
             "VolumeSizeInGB": settings.volume_size_gb,
         },
         "StoppingCondition": _stopping_condition(job, where),
-        "Environment": _environment(job, job_id, checkpoint_uri, bootstrap_env),
+        "Environment": _environment(job, job_id, checkpoint_uri, bootstrap_env, where),
         "Tags": _tags(job, job_id, name, settings),
     }
     _add_optional_fields(request, job, checkpoint_uri, where)
@@ -317,11 +319,35 @@ def fit_container_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     return out, env
 
 
+# A Secrets Manager secret or an SSM parameter (SecureString): SageMaker cannot put either
+# into a training container's environment, so the plan names it and mlcloud's launcher reads it
+# with the job's role (secretsmanager:GetSecretValue / ssm:GetParameter) before the command.
+_SECRET_ARN = re.compile(
+    r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+"
+    r"|ssm:[a-z0-9-]+:\d{12}:parameter/[A-Za-z0-9/_.-]+)$"
+)
+
+
+def _secret_arn(uri: str) -> str | None:
+    return uri if _SECRET_ARN.match(uri) and len(uri) <= ENV_VALUE_MAX else None
+
+
 def _environment(
-    job: TrainingJob, job_id: str, checkpoint_uri: str | None, bootstrap_env: dict[str, str]
+    job: TrainingJob,
+    job_id: str,
+    checkpoint_uri: str | None,
+    bootstrap_env: dict[str, str],
+    where: str,
 ) -> dict[str, str]:
-    """The user's env, mlcloud's own variables, then the bootstrap chunks; within limits."""
-    env: dict[str, str] = dict(job.env)
+    """The user's env (secrets by reference), mlcloud's own variables, then the bootstrap
+    chunks; within limits."""
+    env = sensitive.cloud_env(
+        job.env_json,
+        where=where,
+        store="AWS Secrets Manager or SSM Parameter Store",
+        example="arn:aws:secretsmanager:us-east-1:123456789012:secret:db-password",
+        accept=_secret_arn,
+    )
     env.update({"MLCLOUD_JOB_ID": job_id, "MLCLOUD_PROVIDER_TYPE": "sagemaker"})
     hparams = json.dumps(job.hyperparameters, sort_keys=True, separators=(",", ":"))
     if len(hparams) <= ENV_VALUE_MAX:
@@ -331,7 +357,7 @@ def _environment(
     env.update(bootstrap_env)
     if len(env) > 100:
         raise SpecError("more than 100 environment variables (SageMaker's limit)")
-    long_env = [k for k, v in job.env.items() if len(v) > ENV_VALUE_MAX]
+    long_env = [k for k, v in job.env_values.items() if len(v) > ENV_VALUE_MAX]
     if long_env:
         raise SpecError(f"env.{long_env[0]}: longer than {ENV_VALUE_MAX} characters")
     return env

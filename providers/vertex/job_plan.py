@@ -10,11 +10,12 @@ content-addressed GCS keys go into the plan so that submitting uploads only what
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlcloud import runtime
+from mlcloud import runtime, sensitive
 from mlcloud.errors import SpecError, UnsupportedFeature
 from mlcloud.records import Plan, PlanStep, new_job_id
 from providers.vertex import machines
@@ -161,9 +162,17 @@ def _inputs(
 def _env(
     job: TrainingJob, job_id: str, base_output: str, inputs: dict[str, str], where: str
 ) -> dict[str, str]:
-    """The job's env, then mlcloud's runtime contract (job id, hyperparameters, dirs, inputs)."""
+    """The job's env (secrets by reference), then mlcloud's runtime contract (job id,
+    hyperparameters, dirs, inputs)."""
+    user = sensitive.cloud_env(
+        job.env_json,
+        where=where,
+        store="Secret Manager",
+        example="projects/my-project/secrets/db-password/versions/latest",
+        accept=_secret_version,
+    )
     env = {
-        **job.env,
+        **user,
         runtime.ENV_JOB_ID: job_id,
         runtime.ENV_PROVIDER_TYPE: "vertex",
         runtime.ENV_HPARAMS: json.dumps(job.hyperparameters, sort_keys=True),
@@ -174,6 +183,21 @@ def _env(
     if checkpoint:
         env[runtime.ENV_CHECKPOINT_DIR] = checkpoint
     return env
+
+
+# A CustomJob's containers have no Secret Manager variables (only a Reasoning Engine's do), so
+# the plan names the version and mlcloud's launcher reads it with the job's service account
+# (roles/secretmanager.secretAccessor) before the command starts.
+_SECRET_VERSION = re.compile(
+    r"^projects/[^/\s]+/secrets/[A-Za-z0-9_-]+(/versions/[A-Za-z0-9_-]+)?$"
+)
+
+
+def _secret_version(uri: str) -> str | None:
+    """``projects/P/secrets/S[/versions/V]`` (default version: latest)."""
+    if not _SECRET_VERSION.match(uri):
+        return None
+    return uri if "/versions/" in uri else f"{uri}/versions/latest"
 
 
 def _checkpoint(job: TrainingJob, base_output: str, where: str) -> str | None:

@@ -135,3 +135,91 @@ def test_image_build_bad_tag_is_bad_input(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("error: image tag 'Bad Tag!' must be name[:version]")
     assert "hint: e.g. --tag mlcloud-iris" in out.stderr
+
+
+# ---- issue 16, item 15: every refusal is an error: line and a hint:, never a traceback -------
+def _model(root: Path) -> Path:
+    from sklearn.linear_model import LogisticRegression
+
+    from mlcloud import modeldir
+
+    return modeldir.save(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), "sklearn", root)
+
+
+def _clear_error(out: subprocess.CompletedProcess[str], code: int, *expected: str) -> None:
+    assert out.returncode == code, out.stderr
+    assert out.stderr.startswith("error: "), out.stderr
+    for text in expected:
+        assert text in out.stderr, out.stderr
+    for noise in ("Traceback", "unexpected", "validation error", "Input should be", "pydantic"):
+        assert noise not in out.stderr, out.stderr
+
+
+def test_bad_replica_range_is_one_clear_line(tmp_path: Path) -> None:
+    model = _model(tmp_path / "m")
+    out = run("deploy", str(model), "--name", "x", "--min-replicas", "3", "--max-replicas", "2",
+              "--dry-run")  # fmt: skip
+    _clear_error(out, 2, "replicas: max (2) must be >= min (3)")
+
+
+def test_serving_settings_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    """Each of these once reached the server and came back as its start-up traceback."""
+    import socket
+
+    model = str(_model(tmp_path / "m"))
+    cases = [
+        (["--host", "not-a-host"], "host: must be an IP address to bind"),
+        (["--env", "MLCLOUD_SERVE_WORKERS=0"], "MLCLOUD_SERVE_WORKERS='0' must be a whole number"),
+        (["--env", "MLCLOUD_SERVING_CONTRACT=bogus"], "must be one of local, sagemaker"),
+        (["--env", "MLCLOUD_SERVE_MODEL=/x"], "set by mlcloud itself"),
+    ]
+    for args, expected in cases:
+        out = run("deploy", model, "--name", "x", *args, "--dry-run")
+        _clear_error(out, 2, expected)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = run("deploy", model, "--name", "x", "--port", str(port), "--dry-run")
+    _clear_error(out, 1, f"cannot serve on 127.0.0.1:{port}", "hint: choose another --port")
+
+
+def test_unbounded_inputs_are_refused_by_size(tmp_path: Path) -> None:
+    import time
+
+    start = time.monotonic()
+    out = run("predict", "iris", "--data", "@/dev/zero")
+    _clear_error(out, 2, "--data @/dev/zero: larger than 64 MiB")
+    out = run("train", "/dev/zero")
+    _clear_error(out, 2, "larger than")
+    assert time.monotonic() - start < 60
+    (tmp_path / "not-utf8.json").write_bytes(b"\xff\xfe")
+    _clear_error(run("predict", "iris", "--data", f"@{tmp_path}/not-utf8.json"), 2, "not UTF-8")
+
+
+def test_odd_environment_and_arguments_are_clear(tmp_path: Path) -> None:
+    import os
+
+    out = run("jobs", "list", "-n", "999999999999999999999")
+    assert out.returncode == 2 and "is not in the range" in out.stderr, out.stderr
+    _clear_error(run("init", "--path", str(tmp_path / "no" / "dir.yaml")), 2, "cannot write")
+    home_file = tmp_path / "home-is-a-file"
+    home_file.write_text("")
+    env = {**os.environ, "MLCLOUD_HOME": str(home_file)}
+    out = subprocess.run([*MLCLOUD, "jobs", "list"], capture_output=True, text=True, env=env)
+    _clear_error(out, 2, f"cannot use {home_file} as mlcloud's home", "hint: set MLCLOUD_HOME")
+    env = {**os.environ, "MLCLOUD_CONFIG": str(tmp_path)}
+    out = subprocess.run([*MLCLOUD, "providers"], capture_output=True, text=True, env=env)
+    _clear_error(out, 2, "which is a directory", "hint:")
+
+
+def test_secret_values_are_never_printed(tmp_path: Path) -> None:
+    model = str(_model(tmp_path / "m"))
+    out = run("deploy", model, "--name", "x", "--env", "API_KEY=abc-secret-123", "--dry-run",
+              "-o", "json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "abc-secret-123" not in out.stdout and '"API_KEY": "<redacted>"' in out.stdout
+    bad = run("train", str(REPO / "examples/iris/job.yaml"), "--dry-run",
+              "--set", "env.DB_PASSWORD=[hunter2]")  # fmt: skip
+    _clear_error(bad, 2, "env.DB_PASSWORD: must be a value, {from_env: NAME} or {secret: URI}")
+    assert "hunter2" not in bad.stderr

@@ -32,7 +32,7 @@ from mlcloud import modeldir
 from mlcloud.errors import MlcloudError, NotFoundLocally, SpecError, Transient, UnsupportedFeature
 from mlcloud.provider import Provider
 from mlcloud.records import EndpointRecord, EndpointState, Plan
-from mlcloud.specs import Deployment
+from mlcloud.specs import Deployment, TrustGrant
 from tests.conformance.jobs import Sent, planned
 
 PAYLOAD: dict[str, Any] = {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
@@ -49,6 +49,11 @@ class Predictor:
     def predict(self, inputs):
         return [{answer!r} for _ in inputs]
 '''
+
+
+#: what deploying the suite's custom-predictor models needs: their code runs when loaded, which
+#: these tests allow as `mlcloud deploy --trust-code` would (issue 16's trust model)
+TRUSTED = TrustGrant(by="trust-code")
 
 
 def make_custom_model(root: Path, answer: str) -> Path:
@@ -82,7 +87,7 @@ class EndpointConformance:
         return [variant] * len(PAYLOAD["instances"])
 
     def make_deployment(self, name: str, model: str) -> Deployment:
-        return Deployment(name=name, model=model)
+        return Deployment(name=name, model=model, trust=TRUSTED)
 
     def settle_endpoint(self, provider: Provider, record: EndpointRecord) -> EndpointRecord:
         return provider.endpoint_status(record.name)

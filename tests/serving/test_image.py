@@ -10,10 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from mlcloud import modeldir
 from mlcloud.errors import ModelError, SpecError
 from mlcloud.modeldir import ModelDirError
-from serving.image import ImageResult, build_image
+from serving.contracts import BUNDLED_MODEL
+from serving.image import ImageResult, build_image, stage_model
 from tests.conftest import MLCLOUD
 from tests.serving.conftest import Farm
 
@@ -68,6 +71,54 @@ def test_bad_tag_and_tampered_model_fail_before_building(tmp_path: Path, iris_di
     with pytest.raises(ModelDirError, match="does not match") as err:
         build_image(tmp_path / "m", "x", bentoml_home=tmp_path)
     assert isinstance(err.value, ModelError) and not isinstance(err.value, ValueError)
+
+
+def test_image_holds_exactly_the_manifests_regular_files(tmp_path: Path, iris_dir: Path) -> None:
+    """Before: a symlink in the model dir put the host file it points to into the Bento, and
+    the digest label did not change. Now a symlink is refused, an unlisted file stays out, and
+    the label is the digest of exactly the files copied."""
+    model = tmp_path / "model"
+    shutil.copytree(iris_dir, model)
+    host_file = tmp_path / "host-secret"
+    host_file.write_text("HOST-SECRET-CONTENT")
+    (model / "leak.txt").symlink_to(host_file)
+    with pytest.raises(ModelDirError, match=r"symlink, leak\.txt ->") as err:
+        build_image(model, "leaky", bentoml_home=tmp_path / "bentoml", containerize=False)
+    assert not (tmp_path / "bentoml").exists(), "refused before anything was built"
+    assert err.value.hint
+    (model / "leak.txt").unlink()
+    (model / "notes.txt").write_text("UNLISTED-NOTES-CONTENT")
+    home = tmp_path / "bentoml"
+    result = build_image(model, "leaky", bentoml_home=home, containerize=False)
+    name, version = result.bento_tag.split(":")
+    bento = home / "bentos" / name / version
+    shipped = bento / "src" / BUNDLED_MODEL
+    files = sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*") if p.is_file())
+    manifest = json.loads((iris_dir / modeldir.MANIFEST).read_text())
+    assert files == sorted([*manifest["files"], modeldir.MANIFEST])
+    label = yaml.safe_load((bento / "bento.yaml").read_text())["labels"]["mlcloud.model-sha256"]
+    assert label == modeldir.digest(shipped) == modeldir.digest(iris_dir)
+    assert version == label[:12]
+    everything = b"".join(p.read_bytes() for p in bento.rglob("*") if p.is_file())
+    assert b"HOST-SECRET-CONTENT" not in everything and b"UNLISTED-NOTES-CONTENT" not in everything
+
+
+def test_staging_refuses_a_listed_path_that_is_not_a_regular_file(
+    tmp_path: Path, iris_dir: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(iris_dir, model)
+    manifest = json.loads((model / modeldir.MANIFEST).read_text())
+    (model / "sub").mkdir()
+    manifest["files"]["sub"] = "0" * 64  # a directory listed as a file
+    (model / modeldir.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirError, match="sub is not a regular file"):
+        stage_model(model, tmp_path / "staged")
+    manifest["files"].pop("sub")
+    manifest["files"]["../outside"] = "0" * 64
+    (model / modeldir.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirError, match="outside the model dir"):
+        stage_model(model, tmp_path / "staged2")
 
 
 def test_cli_image_build(tmp_path: Path, iris_dir: Path) -> None:

@@ -67,11 +67,12 @@ def test_joblib_loads_only_hash_matching_bytes(tmp_path: Path) -> None:
     root.mkdir()
     joblib.dump(iris_model(), root / "model.joblib")
     modeldir.write_manifest(root, "sklearn", {"file": "model.joblib", "format": "joblib"})
-    assert load_model(root).predict([IRIS_ROW]) == [0]
+    trusted = modeldir.digest(root)  # a pickle runs code: it loads only when granted
+    assert load_model(root, trust=trusted).predict([IRIS_ROW]) == [0]
     # Swap the pickle for another (valid) one: the sha256 no longer matches -> refused.
     joblib.dump({"evil": True}, root / "model.joblib")
     with pytest.raises(ModelDirError, match="does not match"):
-        load_model(root)
+        load_model(root, trust=modeldir.TRUST_ANY)
 
 
 def test_entry_file_missing_from_manifest_is_refused(tmp_path: Path) -> None:
@@ -158,7 +159,7 @@ def test_pytorch_state_dict_with_class_in_model_dir(tmp_path: Path) -> None:
     (root / "tinynet.py").write_text((code / "tinynet.py").read_text())
     modeldir.save(net, "pytorch", root, module_class="tinynet:TinyNet", init_kwargs={"width": 4})
     try:
-        predictor = load_model(root)
+        predictor = load_model(root, trust=modeldir.digest(root))
         expected = net(torch.tensor([IRIS_ROW])).detach().numpy().tolist()
         assert np.allclose(predictor.predict([IRIS_ROW]), expected, atol=1e-6)
     finally:
@@ -166,7 +167,7 @@ def test_pytorch_state_dict_with_class_in_model_dir(tmp_path: Path) -> None:
     # The class file is verified like any artifact: edited code is never imported.
     (root / "tinynet.py").write_text("raise SystemExit('tampered')\n")
     with pytest.raises(ModelDirError, match=r"tinynet\.py does not match"):
-        load_model(root)
+        load_model(root, trust=modeldir.TRUST_ANY)
 
 
 def test_custom_predictor(tmp_path: Path) -> None:
@@ -189,7 +190,7 @@ def test_custom_predictor(tmp_path: Path) -> None:
         src, "custom", tmp_path / "m", predictor="scorer:Doubler", example=[[1.0, 2.0]]
     )
     try:
-        predictor = load_model(root)
+        predictor = load_model(root, trust=modeldir.digest(root))
         assert not predictor.batchable
         assert predictor.predict([[1.0, 2.0]]) == [[2.0, 4.0]]
         with pytest.raises(InputError, match="expected"):  # signature from the example
@@ -201,14 +202,42 @@ def test_custom_predictor(tmp_path: Path) -> None:
 
 
 def test_manifest_cannot_name_arbitrary_callables(tmp_path: Path) -> None:
-    # The manifest is not itself hashed: it must not be able to point at e.g. os.system.
+    # Even trusted, a manifest must not be able to point at e.g. os.system.
     root = modeldir.save(None, "custom", tmp_path / "m", predictor="os:system")
     with pytest.raises(ModelDirError, match="must be a file inside the model dir"):
-        load_model(root)
+        load_model(root, trust=modeldir.TRUST_ANY)
     (root / "evil.py").write_text("import os\nrun = os.system\n")
     modeldir.write_manifest(root, "custom", {"predictor": "evil:run"})
     with pytest.raises(ModelDirError, match="is not a class"):
+        load_model(root, trust=modeldir.TRUST_ANY)
+
+
+def test_code_formats_need_a_grant_and_it_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving container's grant is MLCLOUD_TRUSTED_MODEL (set by mlcloud's deploy):
+    a digest pins it to one model, ``*`` trusts whatever is there, unset trusts nothing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "echo_predictor.py").write_text(
+        "class P:\n    def predict(self, rows):\n        return rows\n"
+    )
+    root = modeldir.save(src, "custom", tmp_path / "m", predictor="echo_predictor:P")
+    monkeypatch.delenv(modeldir.TRUST_ENV, raising=False)
+    with pytest.raises(ModelDirError, match="nothing says to trust it") as err:
         load_model(root)
+    assert err.value.hint and "mlcloud deploy <job-id>" in err.value.hint
+    try:
+        for grant in (modeldir.digest(root), modeldir.TRUST_ANY):
+            monkeypatch.setenv(modeldir.TRUST_ENV, grant)
+            assert load_model(root).predict([[1]]) == [[1]]
+        monkeypatch.setenv(modeldir.TRUST_ENV, "f" * 64)
+        with pytest.raises(ModelDirError, match="is not the model mlcloud trusted"):
+            load_model(root)
+    finally:
+        import sys
+
+        sys.modules.pop("echo_predictor", None)
 
 
 def test_not_a_model_dir(tmp_path: Path) -> None:

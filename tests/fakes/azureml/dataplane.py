@@ -147,6 +147,7 @@ class DataPlane:
         import tempfile
         from pathlib import Path
 
+        from mlcloud.modeldir import TRUST_ENV
         from serving.loaders import load_model
 
         props = self.resources[self._key(f"/onlineEndpoints/{endpoint}/deployments/{deployment}")]
@@ -165,8 +166,9 @@ class DataPlane:
             for rel, data in files.items():
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / rel).write_bytes(data)
+            env = props["properties"].get("environmentVariables") or {}  # the container's env
             with _own_imports(root):  # one container per deployment: no shared modules
-                self.loaded[model_key] = load_model(root).predict
+                self.loaded[model_key] = load_model(root, trust=env.get(TRUST_ENV, "")).predict
         return self.loaded[model_key]
 
     def close(self) -> None:

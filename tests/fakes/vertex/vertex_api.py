@@ -360,6 +360,7 @@ class VertexApi:
         """What the serving container does: load the uploaded artifact with mlcloud's own
         loader (hash-verified) and predict. The artifact is read from the fake's GCS, as
         Vertex copies ``artifact_uri`` to the container's AIP_STORAGE_URI."""
+        from mlcloud.modeldir import TRUST_ENV
         from serving.inputs import InputError
         from serving.loaders import load_model
 
@@ -378,7 +379,8 @@ class VertexApi:
                 raise ApiError("FAILED_PRECONDITION", f"no model files at {model.artifact_uri}")
             # each model gets its own copy of a same-named predictor module
             before = set(sys.modules)
-            self._served[key] = load_model(root)
+            env = {e.name: e.value for e in model.container_spec.env}  # the container's env
+            self._served[key] = load_model(root, trust=env.get(TRUST_ENV, ""))
             for name in set(sys.modules) - before:
                 del sys.modules[name]
         try:

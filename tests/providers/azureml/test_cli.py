@@ -113,7 +113,7 @@ def test_cli_reports_unsupported_autoscaling(
     modeldir.write_manifest(model, framework="custom", entry={"predictor": "p:P"})
     result = CliRunner().invoke(
         cli, ["deploy", str(model), "-n", "auto-ep", "--provider", "azure",
-              "--min-replicas", "1", "--max-replicas", "3", "--dry-run"],
+              "--min-replicas", "1", "--max-replicas", "3", "--dry-run", "--trust-code"],
     )  # fmt: skip
     assert result.exit_code != 0
     assert "autoscaling" in str(result.exception)

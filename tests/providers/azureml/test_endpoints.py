@@ -15,7 +15,7 @@ from mlcloud.records import EndpointState
 from mlcloud.specs import Deployment
 from mlcloud.store import Store
 from providers.azureml.endpoint_plan import DeployContext
-from tests.conformance.endpoints import make_custom_model
+from tests.conformance.endpoints import TRUSTED, make_custom_model
 from tests.fakes.azureml import Installed
 from tests.providers.azureml.conftest import make_provider
 
@@ -90,7 +90,8 @@ def test_deploy_sends_the_planned_bodies(provider: Any, azure: Installed, tmp_pa
 
 
 def test_predict_with_the_endpoint_key(provider: Any, azure: Installed, tmp_path: Path) -> None:
-    provider.deploy(provider.plan_deploy(Deployment(name="iris-ep", model=str(_model(tmp_path)))))
+    model = str(_model(tmp_path))
+    provider.deploy(provider.plan_deploy(Deployment(name="iris-ep", model=model, trust=TRUSTED)))
     # the fake serves the uploaded model files with mlcloud's loader: the model answers "a"
     assert provider.predict("iris-ep", {"instances": [[1, 2], [3]]}) == {"predictions": ["a", "a"]}
     assert provider.predict("iris-ep", [[1]]) == {"predictions": ["a"]}  # a bare list is wrapped
@@ -102,14 +103,19 @@ def test_predict_with_the_endpoint_key(provider: Any, azure: Installed, tmp_path
 
 def test_redeploy_is_blue_green(provider: Any, azure: Installed, tmp_path: Path) -> None:
     model_a = str(_model(tmp_path))
-    first = provider.deploy(provider.plan_deploy(Deployment(name="ep1", model=model_a)))
+    first = provider.deploy(
+        provider.plan_deploy(Deployment(name="ep1", model=model_a, trust=TRUSTED))
+    )
     blue = first.details["deployment"]
     assert provider.predict("ep1", {"instances": [1]}) == {"predictions": ["a"]}
     # the same model again: the same deployment, updated in place
-    same = provider.deploy(provider.plan_deploy(Deployment(name="ep1", model=model_a)))
+    same = provider.deploy(
+        provider.plan_deploy(Deployment(name="ep1", model=model_a, trust=TRUSTED))
+    )
     assert same.details["deployment"] == blue and set(azure.fake.deployments("ep1")) == {blue}
 
-    plan = provider.plan_deploy(Deployment(name="ep1", model=str(_model(tmp_path, "b"))))
+    model_b = str(_model(tmp_path, "b"))
+    plan = provider.plan_deploy(Deployment(name="ep1", model=model_b, trust=TRUSTED))
     green = _new(plan)
     assert green != blue
     assert [s.call for s in plan.steps][-1] == "onlineDeployments.Delete"
@@ -134,11 +140,16 @@ def test_redeploy_is_blue_green(provider: Any, azure: Installed, tmp_path: Path)
 def test_canary_traffic_and_mirroring(azure: Installed, store: Store, tmp_path: Path) -> None:
     provider = make_provider(store, mirror_traffic=10)
     model_a = str(_model(tmp_path))
-    blue = provider.deploy(provider.plan_deploy(Deployment(name="ep1", model=model_a))).details[
-        "deployment"
-    ]
+    blue = provider.deploy(
+        provider.plan_deploy(Deployment(name="ep1", model=model_a, trust=TRUSTED))
+    ).details["deployment"]
     plan = provider.plan_deploy(
-        Deployment(name="ep1", model=str(_model(tmp_path, "b")), traffic={"new": 20, blue: 80})
+        Deployment(
+            name="ep1",
+            model=str(_model(tmp_path, "b")),
+            traffic={"new": 20, blue: 80},
+            trust=TRUSTED,
+        )
     )
     green = _new(plan)
     assert plan.steps[-2].request == {"mirrorTraffic": {green: 10}}

@@ -169,3 +169,25 @@ def test_provider_module_imports_nothing_heavy() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_secrets_travel_as_references(provider: Any, tmp_path: Path) -> None:
+    """A Key Vault secret goes in the environment variables as a reference the launcher reads
+    with the compute's managed identity (a command job has no Key Vault variables)."""
+    vault = "https://team-vault.vault.azure.net/secrets/db-password"
+    job = TrainingJob(
+        name="t",
+        source=str(write_source(tmp_path / "src")),
+        command=["python", "train.py"],
+        image="myacr.azurecr.io/train:1",
+        env={"DB_PASSWORD": {"secret": vault + "/"}, "MODE": "fast"},
+    )
+    env = provider.plan_job(job).steps[0].request["properties"]["environmentVariables"]
+    assert {k: v for k, v in env.items() if not k.startswith("MLCLOUD_")} == {"MODE": "fast"}
+    assert env["MLCLOUD_SECRETREF_DB_PASSWORD"] == vault
+    for env, error in (
+        ({"P": {"from_env": "SHELL_PW"}}, "from_env"),
+        ({"P": {"secret": "https://evil.example/secrets/x"}}, "not a secret azureml"),
+    ):
+        with pytest.raises((UnsupportedFeature, SpecError), match=error):
+            provider.plan_job(TrainingJob.model_validate({**job.model_dump(), "env": env}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import select
@@ -20,6 +22,7 @@ from mlcloud.records import JobState
 from mlcloud.specs import TrainingJob
 from mlcloud.store import Store
 from providers.local import LocalProvider, procs
+from providers.local.job_plan import LocalJobContext
 from tests.conftest import MLCLOUD, REPO
 
 
@@ -84,6 +87,27 @@ def test_bad_inputs_are_refused_at_plan_time(provider: LocalProvider, tmp_path: 
         provider.plan_job(job_in(tmp_path, "pass", checkpoint="s3://b/ck"))
 
 
+def test_hyperparameters_too_big_to_start_a_process_are_refused_at_plan_time(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    """One environment string holds at most 128 KiB (Linux): refused when planned, with what to
+    do instead, not ``Argument list too long`` when the job starts."""
+    big = {"vocab": "x" * 140_000}
+    with pytest.raises(SpecError, match=r"hyperparameters: 137 KiB .*128 KiB") as err:
+        provider.plan_job(job_in(tmp_path, "pass", hyperparameters=big))
+    assert "inputs" in (err.value.hint or "")
+    with pytest.raises(SpecError, match=r"env\.BIG: "):
+        provider.plan_job(job_in(tmp_path, "pass", env={"BIG": "y" * 140_000}))
+    # Just under the limit: planned, started and read back whole by the job.
+    fits = {"vocab": "x" * 120_000}
+    script = (
+        "import json, os, sys\n"
+        "sys.exit(0 if json.loads(os.environ['MLCLOUD_HPARAMS'])['vocab'] == 'x' * 120_000 else 3)"
+    )
+    record = provider.submit_job(provider.plan_job(job_in(tmp_path, script, hyperparameters=fits)))
+    assert wait(provider, record.id) is JobState.SUCCEEDED
+
+
 def test_gpus_that_are_not_there(provider: LocalProvider, tmp_path: Path) -> None:
     from providers.local.job_plan import gpu_count
 
@@ -104,8 +128,31 @@ def test_restarts_up_to_max_and_records_attempts(provider: LocalProvider, tmp_pa
     assert wait(provider, record.id) is JobState.SUCCEEDED
     final = provider.job_status(record.id)
     assert final.attempts == 3 and final.exit_code == 0
-    events = [e["message"] for e in provider.store.job_events(record.id) if e["message"]]
-    assert "attempt 1 failed with exit code 5" in events and "attempt 3 started" in events
+    events = provider.store.job_events(record.id)
+    said = [e["message"] for e in events if e["message"]]
+    assert "attempt 1 failed with exit code 5; next attempt in 1 s" in said
+    assert "attempt 2 failed with exit code 5; next attempt in 2 s" in said
+    assert "attempt 3 started" in said
+    # Backoff (1 s, then 2 s) between attempts; a new attempt carries no old exit code.
+    started = [e for e in events if e["state"] == "RUNNING"]
+    assert [e["attempt"] for e in started] == [1, 2, 3]
+    assert [e["exit_code"] for e in started] == [None, None, None]
+    gaps = [b["ts"] - a["ts"] for a, b in itertools.pairwise(started)]
+    assert gaps[0] >= 1.0 and gaps[1] >= 2.0, gaps
+
+
+def test_restart_backoff_doubles_up_to_its_cap(provider: LocalProvider, tmp_path: Path) -> None:
+    plan = provider.plan_job(job_in(tmp_path, "import sys; sys.exit(4)", max_restarts=3))
+    ctx = plan.context_as(LocalJobContext)
+    plan = dataclasses.replace(plan, context=dataclasses.replace(ctx, backoff=(0.4, 0.6)))
+    record = provider.submit_job(plan)
+    assert wait(provider, record.id) is JobState.FAILED
+    events = provider.store.job_events(record.id)
+    waits = [e["message"] for e in events if e["state"] == "RESTARTING"]
+    assert [w.rsplit(" in ", 1)[1] for w in waits] == ["0.4 s", "0.6 s", "0.6 s"]
+    started = [e["ts"] for e in events if e["state"] == "RUNNING"]
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    assert gaps[0] >= 0.4 and gaps[1] >= 0.6 and gaps[2] >= 0.6, gaps
 
 
 def test_fails_after_max_restarts(provider: LocalProvider, tmp_path: Path) -> None:
@@ -115,6 +162,9 @@ def test_fails_after_max_restarts(provider: LocalProvider, tmp_path: Path) -> No
     assert wait(provider, record.id) is JobState.FAILED
     final = provider.job_status(record.id)
     assert final.exit_code == 7 and final.attempts == 2
+    (failed,) = [e for e in provider.store.job_events(record.id) if e["state"] == "FAILED"]
+    assert failed["message"] == "exited with code 7 after 2 attempt(s)"
+    assert failed["exit_code"] == 7 and failed["attempt"] == 2
 
 
 ESCAPER = """
@@ -193,8 +243,12 @@ def test_supervisor_start_from_either_kind_of_caller(
         ready, _, _ = select.select([read_end], [], [], 5)
         assert ready and os.read(read_end, 1) == b"", "the supervisor holds the caller's pipe"
         sup = psutil.Process(record.details["supervisor"]["pid"])
+        deadline = time.monotonic() + 5
+        # Empty for an instant after exec: the kernel sets it up after Popen hears of the exec.
+        while not sup.cmdline() and time.monotonic() < deadline:
+            time.sleep(0.01)
         fresh = "providers.local.supervisor" in " ".join(sup.cmdline())
-        assert fresh is (caller == "threaded")
+        assert fresh is (caller == "threaded"), (sup.status(), sup.cmdline())
         assert os.getsid(sup.pid) != os.getsid(0)  # detached from our session
     finally:
         release.set()

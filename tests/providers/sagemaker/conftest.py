@@ -294,7 +294,8 @@ def serve_deployed_model(moto_url: str, endpoint: str, payload: dict[str, Any]) 
     data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     with tempfile.TemporaryDirectory() as tmp:
         safe_extract(data, Path(tmp))
-        answer = json.loads(_run_container(Path(tmp), json.dumps(payload)))
+        container_env = model["PrimaryContainer"].get("Environment") or {}
+        answer = json.loads(_run_container(Path(tmp), json.dumps(payload), container_env))
     # moto 5.2 files its answers under the endpoint name its handler reads from the params,
     # which is None for this path parameter: forget them all.
     sagemakerruntime_backends[ACCOUNT][REGION].results.clear()
@@ -311,7 +312,7 @@ print(json.dumps({"predictions": load_model(Path(sys.argv[1])).predict(instances
 """
 
 
-def _run_container(model_dir: Path, payload: str) -> str:
+def _run_container(model_dir: Path, payload: str, container_env: dict[str, str]) -> str:
     """The serving container's answer: mlcloud's loader in a process of its own (one model per
     process, as in the container: an in-process import would keep the first model's module)."""
     import subprocess
@@ -319,6 +320,6 @@ def _run_container(model_dir: Path, payload: str) -> str:
 
     repo = Path(__file__).resolve().parents[3]
     argv = [sys.executable, "-c", _CONTAINER, str(model_dir), payload]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env = {**os.environ, **container_env, "PYTHONPATH": str(repo)}  # the model's Environment
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=True)
     return done.stdout

@@ -211,3 +211,21 @@ def test_explicit_instance_without_the_asked_gpus(
                 resources={"accelerators": "T4:1", "instance_type": {"sagemaker": "ml.m5.large"}},
             )
         )
+
+
+def test_secrets_travel_as_references(provider: SageMakerProvider, tmp_path: Path) -> None:
+    """A Secrets Manager / SSM ARN goes in the Environment as a reference the launcher reads
+    with the job's role; no value is in the request. ``{from_env}`` would put a value there."""
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-password-AbCdEf"
+    param = "arn:aws:ssm:us-east-1:123456789012:parameter/team/api-key"
+    env = {"DB_PASSWORD": {"secret": secret}, "API_KEY": {"secret": param}, "MODE": "fast"}
+    request = _request(provider, _job(tmp_path, env=env))
+    user = {k: v for k, v in request["Environment"].items() if not k.startswith("MLCLOUD_")}
+    refs = {k: v for k, v in request["Environment"].items() if "SECRETREF" in k}
+    assert user == {"MODE": "fast"}
+    assert refs == {"MLCLOUD_SECRETREF_DB_PASSWORD": secret, "MLCLOUD_SECRETREF_API_KEY": param}
+    with pytest.raises(UnsupportedFeature, match=r"env\.DB_PASSWORD: \{from_env: SHELL_PW\}"):
+        provider.plan_job(_job(tmp_path, env={"DB_PASSWORD": {"from_env": "SHELL_PW"}}))
+    with pytest.raises(SpecError, match="not a secret sagemaker") as err:
+        provider.plan_job(_job(tmp_path, env={"X": {"secret": "projects/p/secrets/x"}}))
+    assert err.value.hint and "arn:aws:secretsmanager:" in err.value.hint

@@ -134,7 +134,7 @@ def test_train_deploy_predict_update_undeploy(
     modeldir.save(other / "src", "custom", other / "model", predictor="scaler:Scaler")
     updated = json.loads(
         cli(capsys, "deploy", str(other / "model"), "-n", "scaler", "--provider", "gcp",
-            "--output", "json")
+            "--output", "json", "--trust-code")  # a custom predictor no job here produced
     )  # fmt: skip
     assert updated["url"] == endpoint["url"] and len(updated["details"]["deployed_models"]) == 1
     assert len(fake.vertex.calls("EndpointService.UndeployModel")) == 1

@@ -16,6 +16,7 @@ from mlcloud.records import EndpointState
 from mlcloud.specs import Deployment
 from mlcloud.store import Store
 from providers.vertex import VertexProvider
+from tests.conformance.endpoints import TRUSTED
 from tests.fakes.vertex import FakeVertex
 from tests.providers.vertex.conftest import BUCKET, SERVING_IMAGE, settings_for
 
@@ -49,7 +50,9 @@ def calls(plan: Any) -> list[str]:
 def test_deploy_predict_canary_promote_undeploy(
     provider: VertexProvider, fake: FakeVertex, tmp_path: Path
 ) -> None:
-    v1 = Deployment(name="iris", model=model_dir(tmp_path, 2.0), replicas={"min": 1, "max": 3})
+    v1 = Deployment(
+        name="iris", model=model_dir(tmp_path, 2.0), replicas={"min": 1, "max": 3}, trust=TRUSTED
+    )
     plan = provider.plan_deploy(v1)
     assert calls(plan) == [
         "ModelService.UploadModel",
@@ -79,7 +82,10 @@ def test_deploy_predict_canary_promote_undeploy(
 
     # canary: v2 beside v1 with 20% of the traffic
     v2 = Deployment(
-        name="iris", model=model_dir(tmp_path, 3.0), traffic={"new": 20, "previous": 80}
+        name="iris",
+        model=model_dir(tmp_path, 3.0),
+        traffic={"new": 20, "previous": 80},
+        trust=TRUSTED,
     )
     plan = provider.plan_deploy(v2)
     assert calls(plan) == ["ModelService.UploadModel", "EndpointService.DeployModel"]
@@ -90,7 +96,7 @@ def test_deploy_predict_canary_promote_undeploy(
     assert seen == {2.0, 3.0}, "both versions serve"
 
     # promote a v3: all traffic to it, both older versions undeployed
-    v3 = Deployment(name="iris", model=model_dir(tmp_path, 4.0))
+    v3 = Deployment(name="iris", model=model_dir(tmp_path, 4.0), trust=TRUSTED)
     plan = provider.plan_deploy(v3)
     assert calls(plan) == [
         "ModelService.UploadModel",

@@ -191,3 +191,26 @@ print(json.dumps({{"import_s": t1 - t0, "plan_s": t2 - t1, "heavy": heavy}}))
     print("vertex dry-run cost:", result)
     assert result["heavy"] == []
     assert result["plan_s"] < 1.0
+
+
+def test_secrets_travel_as_references(planner: VertexProvider, tmp_path: Path) -> None:
+    """A Secret Manager version goes in the container env as a reference the launcher reads
+    with the job's service account (a CustomJob has no secret env of its own)."""
+    env = {
+        "DB_PASSWORD": {"secret": "projects/p/secrets/db-password/versions/3"},
+        "API_KEY": {"secret": "projects/p/secrets/api-key"},
+        "MODE": "fast",
+    }
+    request = request_of(planner.plan_job(_job(tmp_path, env=env)))
+    assert strict_roundtrip(request) == request
+    (pool,) = request["customJob"]["jobSpec"]["workerPoolSpecs"]
+    pairs = {e["name"]: e["value"] for e in pool["containerSpec"]["env"]}
+    assert {k: v for k, v in pairs.items() if not k.startswith("MLCLOUD_")} == {"MODE": "fast"}
+    assert {k: v for k, v in pairs.items() if "SECRETREF" in k} == {
+        "MLCLOUD_SECRETREF_DB_PASSWORD": "projects/p/secrets/db-password/versions/3",
+        "MLCLOUD_SECRETREF_API_KEY": "projects/p/secrets/api-key/versions/latest",
+    }
+    with pytest.raises(UnsupportedFeature, match="from_env"):
+        planner.plan_job(_job(tmp_path, env={"DB_PASSWORD": {"from_env": "SHELL_PW"}}))
+    with pytest.raises(SpecError, match="not a secret vertex"):
+        planner.plan_job(_job(tmp_path, env={"X": {"secret": "arn:aws:ssm:r:1:parameter/x"}}))
