@@ -16,6 +16,7 @@ sends it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
 from mlcloud import modeldir, registry
-from mlcloud.config import Profile, load_config
+from mlcloud.config import Profile, load_config, placeholders
 from mlcloud.errors import (
     MlcloudError,
+    ModelError,
     NotFoundLocally,
     ProviderUnavailable,
     SpecError,
@@ -34,7 +36,7 @@ from mlcloud.errors import (
 from mlcloud.provider import Provider
 from mlcloud.records import EndpointRecord, JobRecord, JobState, Plan
 from mlcloud.specs import Deployment, TrainingJob, TrustGrant, load_job, validate_spec
-from mlcloud.store import Store
+from mlcloud.store import Store, mlcloud_home
 
 JobLike = TrainingJob | str | Path
 
@@ -148,7 +150,29 @@ def plan(
 ) -> Plan[TrainingJob]:
     """The exact native request(s) ``train`` would send, without sending anything."""
     spec = load_job_spec(job, overrides or ())  # a bad spec fails before any provider loads
-    return get_provider(provider).plan_job(spec)
+    with placeholders() as missing:
+        planned = get_provider(provider).plan_job(spec)
+    _warn_missing(planned, missing)
+    return planned
+
+
+class MissingSettingsWarning(UserWarning):
+    """A dry-run's plan holds ``<name>`` placeholders for settings the profile lacks."""
+
+
+def _warn_missing(planned: Plan[Any], missing: list[str]) -> None:
+    """One warning naming every missing setting (a real submit would refuse on the first)."""
+    if missing:
+        import warnings
+
+        warnings.warn(
+            MissingSettingsWarning(
+                f"the {planned.provider} profile lacks {', '.join(missing)}: the plan shows "
+                f"{', '.join(f'<{m}>' for m in missing)} in their place, and a real submit "
+                "refuses until they are set in mlcloud.yaml (mlcloud init writes a starter)"
+            ),
+            stacklevel=3,
+        )
 
 
 def submit(planned: Plan[TrainingJob]) -> Job:
@@ -437,18 +461,69 @@ def plan_deploy(
     model: str, name: str, provider: str | None = None, **options: Unpack[DeployOptions]
 ) -> Plan[Deployment]:
     """The exact native request(s) ``deploy`` would send, changing nothing."""
-    prov = get_provider(provider)
-    return prov.plan_deploy(build_deployment(model, name, prov.store, **options))
+    with placeholders() as missing:
+        prov = get_provider(provider)
+        planned = prov.plan_deploy(build_deployment(model, name, prov.store, **options))
+    _warn_missing(planned, missing)
+    return planned
 
 
 def deploy(
-    model: str, name: str, provider: str | None = None, **options: Unpack[DeployOptions]
+    model: str,
+    name: str,
+    provider: str | None = None,
+    *,
+    force: bool = False,
+    **options: Unpack[DeployOptions],
 ) -> Endpoint:
-    """Serve ``model`` (a model dir, URI or job id) as ``name`` (updates it if it exists)."""
+    """Serve ``model`` (a model dir, URI or job id) as ``name`` (updates it if it exists).
+    An update whose model takes other inputs is refused (SpecError) unless ``force``: the
+    endpoint's callers would break. ``Endpoint.previous`` is the record it replaced."""
     prov = get_provider(provider)
     deployment = build_deployment(model, name, prov.store, **options)
+    previous = _existing_endpoint(prov, name)
+    if previous is not None and not force:
+        check_same_inputs(name, previous.model, deployment.model)
     record = prov.deploy(prov.plan_deploy(deployment))
-    return Endpoint(prov, record)
+    endpoint = Endpoint(prov, record)
+    endpoint.previous = previous
+    return endpoint
+
+
+def _existing_endpoint(prov: Provider[Any], name: str) -> EndpointRecord | None:
+    try:
+        return prov.store.get_endpoint(name, prov.name)
+    except NotFoundLocally:
+        return None
+
+
+def _inputs(model: str | None) -> tuple[str | None, Any] | None:
+    """(framework, signature inputs) of a local model dir; None when it cannot be read here
+    (a cloud URI, a model dir since removed)."""
+    if not model or ("://" in model and not model.startswith("file://")):
+        return None
+    try:
+        manifest = modeldir.read_manifest(Path(model.removeprefix("file://")))
+    except (OSError, ModelError):
+        return None
+    signature = manifest.get("signature") or {}
+    return manifest.get("framework"), signature.get("inputs")
+
+
+def check_same_inputs(name: str, old_model: str | None, new_model: str) -> None:
+    """Refuse an update that changes what the endpoint takes: both signatures known and
+    different, or a signature unknown and the framework changed (iris → TorchScript)."""
+    old, new = _inputs(old_model), _inputs(new_model)
+    if old is None or new is None:
+        return
+    (old_fw, old_in), (new_fw, new_in) = old, new
+    both_known = old_in is not None and new_in is not None
+    if (old_in != new_in) if both_known else (old_fw != new_fw):
+        raise SpecError(
+            f"endpoint {name!r} serves a {old_fw} model taking {old_in or 'unknown inputs'}; "
+            f"the new {new_fw} model takes {new_in or 'unknown inputs'}: its callers would break",
+            hint="deploy it under a new --name, or pass --force to replace it anyway",
+        )
 
 
 def endpoint(name: str, provider: str | None = None) -> Endpoint:
@@ -468,6 +543,8 @@ class Endpoint:
     def __init__(self, provider: Provider[Any], record: EndpointRecord) -> None:
         self.provider = provider
         self.record = record
+        #: the record a deploy replaced (an update), else None
+        self.previous: EndpointRecord | None = None
 
     @property
     def name(self) -> str:
@@ -513,7 +590,9 @@ def build_image(model_dir: str | Path | None, tag: str) -> ImageBuild:
     build = registry.serving_target(registry.BUILD_IMAGE)
     if not callable(build):
         raise ProviderUnavailable("serving", registry.SERVE_INSTALL, "build_image is not callable")
-    result = build(Path(model_dir) if model_dir is not None else None, tag)
+    # BentoML's store goes under MLCLOUD_HOME (not ~/bentoml) unless BENTOML_HOME says otherwise
+    home = None if os.environ.get("BENTOML_HOME") else mlcloud_home() / "bentoml"
+    result = build(Path(model_dir) if model_dir is not None else None, tag, bentoml_home=home)
     if not isinstance(result, ImageBuild):
         raise ProviderUnavailable("serving", registry.SERVE_INSTALL, "unexpected build result")
     return result

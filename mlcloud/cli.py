@@ -30,6 +30,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1  # the operation or the job failed
 EXIT_BAD_INPUT = 2  # bad spec / config / arguments (click uses 2 for usage errors too)
+EXIT_INTERRUPTED = 130
+
+
+def exit_code(error: BaseException) -> int:
+    """The one exit-code rule: 2 when the user's input is wrong (a spec, a setting, an unknown
+    job id or endpoint name, a feature the chosen provider cannot honour), 1 when something
+    failed (the backend, a model, the job itself, anything unexpected)."""
+    from mlcloud.errors import ConfigError, NotFoundLocally, SpecError, UnsupportedFeature
+
+    bad_input = (SpecError, ConfigError, NotFoundLocally, UnsupportedFeature)
+    return EXIT_BAD_INPUT if isinstance(error, bad_input) else EXIT_FAILED
 
 
 def output_option(f: F) -> F:
@@ -116,7 +127,7 @@ def train(
     from mlcloud import api
 
     if dry_run:
-        _print_plan(api.plan(file, provider, list(overrides)), output)
+        _print_plan(_planned(lambda: api.plan(file, provider, list(overrides))), output)
         return
     job = api.train(file, provider, list(overrides))
     record = job.record
@@ -128,8 +139,8 @@ def train(
         click.echo(record.id)
         click.echo(f"follow it with: mlcloud logs {record.id} -f", err=True)
         return
-    for line in job.logs(follow=True):
-        click.echo(line)
+    # With --output json, stdout holds one JSON document: the log goes to stderr.
+    _follow(record.id, job.logs(follow=True), err=output == "json")
     final = job.wait()  # advances the job (a due restart happens here) until it ends
     if output == "json":
         emit_records(final.to_dict())
@@ -137,6 +148,21 @@ def train(
         _print_outcome(final)
     if final.state != "SUCCEEDED":
         sys.exit(EXIT_FAILED)
+
+
+def _planned(make: Callable[[], Plan[Any]]) -> Plan[Any]:
+    """Make a dry-run's plan, its warnings (missing settings) on stderr as ``warning:`` lines."""
+    import warnings
+
+    from mlcloud.api import MissingSettingsWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MissingSettingsWarning)
+        plan = make()
+    for w in caught:  # SDKs' own deprecation chatter is not the user's business
+        if issubclass(w.category, MissingSettingsWarning):
+            click.echo(f"warning: {w.message}", err=True)
+    return plan
 
 
 def _print_plan(plan: Plan[Any], output: str) -> None:
@@ -161,11 +187,13 @@ def _print_outcome(record: JobRecord) -> None:
 
 
 @cli.group(invoke_without_command=True)
+@click.option("-p", "--provider", metavar="NAME", help="Only this profile's jobs.")
+@output_option
 @click.pass_context
-def jobs(ctx: click.Context) -> None:
+def jobs(ctx: click.Context, provider: str | None, output: str) -> None:
     """List jobs (all providers) or show one."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(jobs_list)
+        ctx.invoke(jobs_list, provider=provider, output=output)
 
 
 @jobs.command("list")
@@ -209,7 +237,10 @@ def jobs_show(job_id: str, output: str) -> None:
     click.echo(f"id:        {record.id}")
     click.echo(f"provider:  {record.provider} ({record.type})  native id: {record.native_id}")
     click.echo(f"state:     {record.state}" + (f" ({record.message})" if record.message else ""))
-    click.echo(f"attempts:  {record.attempts}  exit code: {record.exit_code}")
+    code: object = record.exit_code
+    if code is None:  # a cancelled job was stopped: it has no exit code of its own
+        code = "- (cancelled)" if record.state == "CANCELLED" else "-"
+    click.echo(f"attempts:  {record.attempts}  exit code: {code}")
     for key, value in sorted(record.outputs.items()):
         click.echo(f"{key + ':':<11} {value}")
     click.echo("history:")
@@ -225,8 +256,21 @@ def logs(job_id: str, follow: bool) -> None:
     """Print a job's logs."""
     from mlcloud import api
 
-    for line in api.job(job_id).logs(follow=follow):
-        click.echo(line)
+    _follow(job_id, api.job(job_id).logs(follow=follow))
+
+
+def _follow(job_id: str, lines: Iterable[str], err: bool = False) -> None:
+    """Print a job's log lines; Ctrl-C stops following, not the job, and says so."""
+    try:
+        for line in lines:
+            click.echo(line, err=err)
+    except KeyboardInterrupt:
+        click.echo(
+            f"stopped following; job {job_id} is still running "
+            f"(mlcloud logs {job_id} -f to resume, mlcloud cancel {job_id} to stop it)",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @cli.command()
@@ -261,6 +305,7 @@ def cancel(job_id: str, output: str) -> None:
     "predictor) although no job mlcloud ran produced it. Only for models you trust.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the exact native requests; change nothing.")
+@click.option("--force", is_flag=True, help="Update even if the new model takes other inputs.")
 @output_option
 def deploy(
     model: str,
@@ -274,6 +319,7 @@ def deploy(
     env_pairs: tuple[str, ...],
     trust_code: bool,
     dry_run: bool,
+    force: bool,
     output: str,
 ) -> None:
     """Serve MODEL (a model directory, URI, or a job id) as endpoint --name."""
@@ -289,14 +335,28 @@ def deploy(
         "trust_code": trust_code,
     }
     if dry_run:
-        _print_plan(api.plan_deploy(model, name, provider, **options), output)
+        _print_plan(_planned(lambda: api.plan_deploy(model, name, provider, **options)), output)
         return
-    record = api.deploy(model, name, provider, **options).record
+    endpoint = api.deploy(model, name, provider, force=force, **options)
+    record = endpoint.record
     if output == "json":
         emit_records(record.to_dict())
         return
-    click.echo(f"endpoint {record.name} is {record.state} at {record.url}")
+    if endpoint.previous is not None:
+        change = _versions(endpoint.previous, record)
+        click.echo(f"endpoint {record.name} updated ({change}): {record.state} at {record.url}")
+    else:
+        click.echo(f"endpoint {record.name} is {record.state} at {record.url}")
     click.echo(f"try: mlcloud predict {record.name} --data '{{\"instances\": [...]}}'", err=True)
+
+
+def _versions(old: EndpointRecord, new: EndpointRecord) -> str:
+    """``version 1 → 2`` where the provider numbers its versions, else the models' digests."""
+    before, after = (r.details.get("generation") or r.details.get("version") for r in (old, new))
+    if before is not None and after is not None:
+        return f"version {before} → {after}"
+    digests = [(r.model_sha256 or "?")[:12] for r in (old, new)]
+    return f"model {digests[0]} → {digests[1]}"
 
 
 def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -312,11 +372,13 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
 
 
 @cli.group(invoke_without_command=True)
+@click.option("-p", "--provider", metavar="NAME", help="Only this profile's endpoints.")
+@output_option
 @click.pass_context
-def endpoints(ctx: click.Context) -> None:
+def endpoints(ctx: click.Context, provider: str | None, output: str) -> None:
     """List endpoints (all providers) or show one."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(endpoints_list)
+        ctx.invoke(endpoints_list, provider=provider, output=output)
 
 
 @endpoints.command("list")
@@ -362,6 +424,11 @@ def _print_endpoint(record: EndpointRecord, output: str) -> None:
             click.echo(f"{key + ':':<14}{value}")
     if "restarts" in record.details:  # processes a self-healing endpoint restarted
         click.echo(f"{'restarts:':<14}{record.details['restarts']}")
+    if record.type == "local" and record.model:  # its server runs this machine's libraries
+        from mlcloud.modeldir import version_warnings
+
+        for warning in version_warnings(Path(record.model)):
+            click.echo(f"{'warning:':<14}{warning}")
     click.echo(f"{'trust:':<14}{_trust_line(record.spec.get('trust'))}")
 
 
@@ -380,8 +447,10 @@ def _trust_line(trust: Any) -> str:
 @click.argument("name")
 @click.option("-d", "--data", required=True, help="JSON, @file with JSON, or - for standard input.")
 @provider_option
-def predict(name: str, data: str, provider: str | None) -> None:
-    """Send one prediction request to endpoint NAME and print the JSON answer."""
+@output_option
+def predict(name: str, data: str, provider: str | None, output: str) -> None:
+    """Send one prediction request to endpoint NAME and print the JSON answer (the answer is
+    JSON either way: --output json only prints it compact, on one line)."""
     from mlcloud import api
     from mlcloud.errors import SpecError
 
@@ -392,7 +461,10 @@ def predict(name: str, data: str, provider: str | None) -> None:
         raise SpecError(
             f"--data is not valid JSON: {e}", hint="e.g. --data '{\"instances\": [[1, 2]]}'"
         ) from None
-    emit_json(api.endpoint(name, provider).predict(payload))
+    answer = api.endpoint(name, provider).predict(payload)
+    click.echo(
+        json.dumps(answer, default=str) if output == "json" else json.dumps(answer, indent=2)
+    )
 
 
 MAX_DATA_BYTES = 64 << 20  # far above any endpoint's body limit (SageMaker's is 6 MB)
@@ -419,13 +491,18 @@ def _read_data(data: str) -> str:
             with path.open("rb") as fh:
                 raw = fh.read(limit + 1)
     except OSError as e:
-        raise SpecError(f"--data {data}: cannot read it: {e.strerror or e}") from None
+        raise SpecError(
+            f"--data {data}: cannot read it: {e.strerror or e}",
+            hint="@PATH names a JSON file (relative to this directory); - reads standard input",
+        ) from None
     if len(raw) > limit:
         raise too_big
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise SpecError(f"--data {data}: not UTF-8 text (JSON expected)") from None
+        raise SpecError(
+            f"--data {data}: not UTF-8 text", hint='--data takes JSON, e.g. {"instances": [...]}'
+        ) from None
 
 
 @cli.command()
@@ -587,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="mlcloud", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -595,9 +672,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as e:
-        from mlcloud.errors import ConfigError, MlcloudError, SpecError
+        from mlcloud.errors import MlcloudError
 
         if "--debug" in args or not isinstance(e, MlcloudError):
             if not isinstance(e, MlcloudError) and "--debug" not in args:
@@ -608,7 +685,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {e.message}", err=True)
         if e.hint:
             click.echo(f"hint: {e.hint}", err=True)
-        sys.exit(EXIT_BAD_INPUT if isinstance(e, (SpecError, ConfigError)) else EXIT_FAILED)
+        sys.exit(exit_code(e))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ so the layers stay one-way (config never calls up into the registry).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,14 +131,48 @@ def _read_file(path: Path) -> tuple[str | None, dict[str, Profile]]:
     return default, profiles
 
 
+#: the settings a dry-run found missing, in order; ``None`` outside :func:`placeholders`
+_MISSING: ContextVar[list[str] | None] = ContextVar("mlcloud_missing_settings", default=None)
+
+
+@contextmanager
+def placeholders() -> Iterator[list[str]]:
+    """While active (a dry-run), a missing setting is a ``<name>`` placeholder instead of an
+    error, and its name is appended to the yielded list: a newcomer sees the whole plan and
+    every missing setting at once. A real submit never enters this, so it still refuses."""
+    missing: list[str] = []
+    token = _MISSING.set(missing)
+    try:
+        yield missing
+    finally:
+        _MISSING.reset(token)
+
+
+def placeholder(name: str) -> str | None:
+    """``"<name>"`` (and ``name`` noted as missing) inside :func:`placeholders`, else None."""
+    missing = _MISSING.get()
+    if missing is None:
+        return None
+    if name not in missing:
+        missing.append(name)
+    return f"<{name}>"
+
+
 def profile_settings(model: type[SettingsT], profile: Profile) -> SettingsT:
-    """Validate a profile's settings against the provider's settings model (ConfigError only)."""
+    """Validate a profile's settings against the provider's settings model (ConfigError only).
+    In a dry-run (:func:`placeholders`) required settings that are absent become placeholders."""
     try:
         return model.model_validate(profile.settings)
     except ValidationError as e:
+        errors = e.errors(include_url=False)
+        absent = [str(err["loc"][0]) for err in errors if err["type"] == "missing" and err["loc"]]
+        if _MISSING.get() is not None and len(absent) == len(errors):
+            filled: dict[str, Any] = {name: placeholder(name) for name in absent}
+            # Unvalidated on purpose: a placeholder would fail the field's format check.
+            return model.model_construct(None, **{**profile.settings, **filled})
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}"
-            for err in e.errors(include_url=False)
+            for err in errors
         )
         raise ConfigError(
             f"profile {profile.name!r} ({profile.type}) has invalid settings: {problems}",

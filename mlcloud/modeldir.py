@@ -11,8 +11,10 @@ Every problem is a :class:`ModelDirError`, an ``mlcloud.errors.ModelError``.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -87,6 +89,7 @@ def write_manifest(
     signature: dict[str, Any] | None = None,
     example: Any = None,
     created_by: str | None = None,
+    versions: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Hash every file under ``root`` and write the manifest. Returns it."""
     manifest = {
@@ -96,6 +99,7 @@ def write_manifest(
         "signature": signature,
         "example": example,
         "created_by": created_by,
+        "versions": versions,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": _hash_tree(root),
     }
@@ -327,9 +331,79 @@ def save(
     root.mkdir(parents=True, exist_ok=True)
     entry = _SAVERS[framework](obj, root, options)
     write_manifest(
-        root, framework, entry, signature=signature, example=example, created_by=created_by
+        root,
+        framework,
+        entry,
+        signature=signature,
+        example=example,
+        created_by=created_by,
+        versions=library_versions(framework, entry),
     )
     return root
+
+
+# ---- library versions -----------------------------------------------------------------------
+# The packages that wrote each framework's artifact. Cloud training images carry their own
+# (SageMaker's sklearn 1.4-2 image: scikit-learn 1.4.2), so the model records them, the serving
+# image pins them, and loading checks them (check_versions).
+VERSIONED_PACKAGES = {
+    "sklearn": ("numpy", "scikit-learn", "scipy"),
+    "pytorch": ("numpy", "torch"),
+    "onnx": ("numpy", "onnx", "onnxruntime"),
+    "custom": ("numpy",),
+}
+# The package whose major version must match to load at all (a pickle/format boundary).
+FRAMEWORK_PACKAGE = {"sklearn": "scikit-learn", "pytorch": "torch", "onnx": "onnxruntime"}
+
+
+def installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package).split("+")[0]
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions(framework: str, entry: dict[str, Any]) -> dict[str, str]:
+    """``{"python": "3.11.7", "numpy": …, "scikit-learn": …, "skops"|"joblib": …}`` as
+    installed in the process that writes the model."""
+    names = [*VERSIONED_PACKAGES[framework]]
+    if entry.get("format") in ("skops", "joblib"):
+        names.append(str(entry["format"]))
+    versions = {"python": platform.python_version()}
+    for name in names:
+        version = installed_version(name)
+        if version is not None:
+            versions[name] = version
+    return versions
+
+
+def _major(version: str) -> str:
+    return version.split(".")[0]
+
+
+def check_versions(manifest: dict[str, Any]) -> list[str]:
+    """Compare the recorded versions with this interpreter's: one warning per mismatch.
+
+    Raises ModelDirError when the framework's own package differs in its major version (a
+    pickle or format of another major is not expected to load, or loads wrong)."""
+    recorded = manifest.get("versions")
+    if not isinstance(recorded, dict):
+        return []
+    warnings = []
+    framework_pkg = FRAMEWORK_PACKAGE.get(str(manifest.get("framework")))
+    for name, wrote in sorted(recorded.items()):
+        here = platform.python_version() if name == "python" else installed_version(name)
+        if here is None or here == str(wrote):
+            continue
+        if name == framework_pkg and _major(here) != _major(str(wrote)):
+            raise ModelDirError(
+                f"the model was written with {name} {wrote}; this server has {here} "
+                "(another major version)",
+                hint=f"serve it with {name}=={wrote}: `mlcloud image build` pins the model's "
+                "versions, or pip install the same version",
+            )
+        warnings.append(f"model written with {name} {wrote}, loaded with {here}")
+    return warnings
 
 
 def _sklearn_signature(obj: Any) -> dict[str, Any] | None:
@@ -397,3 +471,14 @@ _SAVERS = {
     "onnx": _save_onnx,
     "custom": _save_custom,
 }
+
+
+def version_warnings(root: Path) -> list[str]:
+    """What ``check_versions`` says about the model at ``root`` for this interpreter (a refusal
+    becomes one line too); [] when it cannot be read (``endpoints show`` must still print)."""
+    try:
+        return check_versions(read_manifest(root))
+    except ModelDirError as e:
+        return [f"{e} (hint: {e.hint})" if e.hint else str(e)]
+    except OSError:
+        return []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -392,16 +392,19 @@ SpecT = TypeVar("SpecT", bound=BaseModel)
 SPEC_KINDS: dict[str, type[BaseModel]] = {"job": TrainingJob, "deployment": Deployment}
 
 
-def spec_error(err: ValidationError, what: str) -> SpecError:
-    """pydantic's errors → one SpecError; each line names the field, bad value, what's allowed."""
+def spec_error(err: ValidationError, what: str, flagged: Sequence[str] = ()) -> SpecError:
+    """pydantic's errors → one SpecError; each line names the field, bad value, what's allowed.
+    ``flagged``: the keys ``--set`` gave; a line about one of them blames the flag, not the file."""
     lines = []
     errors = err.errors(include_url=False)
     locs = [_location(e["loc"]) for e in errors]
-    for e, loc in zip(errors, locs, strict=True):
-        loc = loc or "(top level)"
+    from_flags = [_flag_for(loc, flagged) for loc in locs]
+    for e, loc, flag in zip(errors, locs, from_flags, strict=True):
+        loc = (flag + loc) if flag else (loc or "(top level)")
         value = e.get("input")
         if e["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown field; {_allowed_fields(err, e['loc'])}")
+            lines.append(f"{loc}: unknown field{_did_you_mean(err, e['loc'])}; "
+                         f"{_allowed_fields(err, e['loc'])}")  # fmt: skip
             continue
         if e["type"] == "missing":
             lines.append(f"{loc}: required field is missing")
@@ -415,7 +418,27 @@ def spec_error(err: ValidationError, what: str) -> SpecError:
         lines.append(f"{loc}: {msg}" + _got(e["loc"], value))
     # A union (e.g. nodes: int | {min,max}) reports each branch; keep each message once.
     unique = list(dict.fromkeys(lines))
-    return SpecError(f"invalid {what}:\n  " + "\n  ".join(unique))
+    if from_flags and all(from_flags):
+        what = f"--set for {what}"  # the file itself is not what is wrong
+    kind = _title_kind(err.title) or "job"
+    return SpecError(
+        f"invalid {what}:\n  " + "\n  ".join(unique),
+        hint=f"fix the field(s) named above; `mlcloud schema {kind}` lists every field",
+    )
+
+
+def _flag_for(loc: str, flagged: Sequence[str]) -> str:
+    """``"--set "`` when ``loc`` (or a field above it) was given by a --set flag."""
+    hit = any(loc == key or loc.startswith(key + ".") for key in flagged)
+    return "--set " if hit else ""
+
+
+def _did_you_mean(err: ValidationError, loc: tuple[int | str, ...]) -> str:
+    import difflib
+
+    allowed = _allowed_fields(err, loc).removeprefix("allowed: ").split(", ")
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1) if loc else []
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _is_union_tag(part: object) -> bool:
@@ -483,14 +506,16 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def validate_spec(model: type[SpecT], data: object, what: str) -> SpecT:
-    """Build ``model`` from plain data, raising only SpecError."""
+def validate_spec(
+    model: type[SpecT], data: object, what: str, flagged: Sequence[str] = ()
+) -> SpecT:
+    """Build ``model`` from plain data, raising only SpecError (``flagged``: see spec_error)."""
     if not isinstance(data, dict):
         raise SpecError(f"invalid {what}: expected a mapping of fields, got {type(data).__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise spec_error(e, what) from None
+        raise spec_error(e, what, flagged) from None
     except (ValueError, TypeError, RecursionError) as e:  # defensive: odd values from YAML
         raise SpecError(f"invalid {what}: {e}") from None
 
@@ -503,7 +528,8 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> TrainingJo
     data = read_yaml(path, what="job file")
     if overrides:
         data = apply_overrides(data, overrides)
-    job = validate_spec(TrainingJob, data, f"job file {path}")
+    flagged = [item.partition("=")[0].strip() for item in overrides or ()]
+    job = validate_spec(TrainingJob, data, f"job file {path}", flagged)
     return resolve_paths(job, path.resolve().parent)
 
 

@@ -21,7 +21,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.batching import MicroBatcher, Overloaded
 from serving.contracts import Contract
 from serving.guard import render_metrics
-from serving.inputs import InputError, extract_instances, parse_json
+from serving.inputs import (
+    SAGEMAKER_TYPES,
+    InputError,
+    answer_type,
+    extract_instances,
+    parse_instances,
+    parse_json,
+    render,
+)
 from serving.loaders import Predictor
 
 logger = logging.getLogger(__name__)
@@ -64,17 +72,40 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 async def predict_json(state: State, body: bytes) -> JSONResponse:
     """One JSON predict request: parse, validate, batch, answer."""
+    try:
+        instances = extract_instances(parse_json(body))
+    except InputError as e:
+        return _error(e.status, str(e))
+    result = await predict_instances(state, instances)
+    return result if isinstance(result, JSONResponse) else JSONResponse({"predictions": result})
+
+
+async def predict_media(state: State, body: bytes, media: str, accept: str) -> Response:
+    """SageMaker: JSON, CSV or JSON Lines in (one or many records), answered as ``Accept``
+    asks or else in the request's own type."""
+    try:
+        instances = parse_instances(body, media)
+    except InputError as e:
+        return _error(e.status, str(e))
+    result = await predict_instances(state, instances)
+    if isinstance(result, JSONResponse):
+        return result
+    out = answer_type(accept, media)
+    return Response(render(result, out), media_type=out)
+
+
+async def predict_instances(state: State, instances: list[Any]) -> list[Any] | JSONResponse:
+    """Validate, batch and run ``instances``: the predictions, or the error to answer."""
     predictor = state.predictor
     if predictor is None:
         return _error(503, "model is not loaded yet", {"Retry-After": "1"})
     try:
-        instances = extract_instances(parse_json(body))
         batch = predictor.prepare(instances)
     except InputError as e:
         return _error(e.status, str(e))
     try:
         if state.batcher is not None:
-            predictions = await state.batcher.submit(batch)
+            predictions: list[Any] = await state.batcher.submit(batch)
         else:
             predictions = await run_in_threadpool(predictor.run, batch)
     except Overloaded as e:
@@ -84,7 +115,7 @@ async def predict_json(state: State, body: bytes) -> JSONResponse:
     except Exception:
         logger.exception("prediction failed")
         return _error(500, "prediction failed; see the server log")
-    return JSONResponse({"predictions": predictions})
+    return predictions
 
 
 def build_app(contract: Contract, state: State, *, metrics_route: bool = True) -> FastAPI:
@@ -99,6 +130,10 @@ def build_app(contract: Contract, state: State, *, metrics_route: bool = True) -
     )
 
     async def predict(request: Request) -> Response:
+        if contract.name == "sagemaker":  # the caller's content type is passed through
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            accept = request.headers.get("accept", "")
+            return await predict_media(state, await request.body(), media, accept)
         return await predict_json(state, await request.body())
 
     async def ready() -> Response:
@@ -127,7 +162,8 @@ def build_app(contract: Contract, state: State, *, metrics_route: bool = True) -
     if "execution_parameters" in contract.extra:
 
         async def execution_parameters() -> Response:
-            # SageMaker batch transform asks this before sending records.
+            # SageMaker batch transform asks this before sending records; MULTI_RECORD holds:
+            # a CSV or JSON Lines body of many records is many instances (predict_media).
             return JSONResponse(
                 {
                     "MaxConcurrentTransforms": state.workers,
@@ -147,3 +183,10 @@ def build_app(contract: Contract, state: State, *, metrics_route: bool = True) -
         return _error(422, f"invalid request: {exc.errors()}")
 
     return app
+
+
+def media_routes(contract: Contract) -> dict[str, tuple[str, ...]]:
+    """Routes that parse more than JSON (for GuardMiddleware): SageMaker's predict routes."""
+    if contract.name != "sagemaker":
+        return {}
+    return {route: SAGEMAKER_TYPES for route in (*contract.predict_routes, "/predict")}

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlcloud.errors import ConfigError
 
@@ -21,7 +22,6 @@ ENV_PORT = "MLCLOUD_SERVE_PORT"
 CONTRACTS = ("local", "sagemaker", "vertex", "azureml")
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 AZUREML_PORT = 5001  # azureml-inference-server-http's port; the deployment names it
-GCS_FUSE_ROOT = "/gcs"
 BUNDLED_MODEL = "mlcloud_model"  # a model dir baked into the image, next to serving/
 
 
@@ -44,6 +44,9 @@ class Contract:
     ready_routes: tuple[str, ...] = ()
     live_routes: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    # A ``gs://`` model location: Vertex prediction nodes have no /gcs mount (that exists for
+    # custom training only), so the entrypoint downloads it before the server starts.
+    model_uri: str | None = None
 
     @property
     def routes(self) -> tuple[str, ...]:
@@ -59,8 +62,10 @@ class Contract:
         }
 
 
-def detect(env: Mapping[str, str]) -> str:
-    """The contract named by MLCLOUD_SERVING_CONTRACT, else the platform's own variables."""
+def detect(env: Mapping[str, str], *, serve_arg: bool = False) -> str:
+    """The contract named by MLCLOUD_SERVING_CONTRACT, else the platform's own variables, else
+    SageMaker when the container was started with ``serve`` (SageMaker runs ``docker run IMAGE
+    serve`` and sets no variable of its own outside inference pipelines)."""
     named = env.get(ENV_CONTRACT, "").strip().lower()
     if named:
         if named not in CONTRACTS:
@@ -72,7 +77,7 @@ def detect(env: Mapping[str, str]) -> str:
         return "azureml"
     if "SAGEMAKER_BIND_TO_PORT" in env or "SM_MODEL_DIR" in env:
         return "sagemaker"
-    return "local"
+    return "sagemaker" if serve_arg else "local"
 
 
 def _port(env: Mapping[str, str], var: str, default: int | None) -> int | None:
@@ -95,64 +100,68 @@ def _route(env: Mapping[str, str], var: str, default: str) -> str:
     return route
 
 
-def gcs_to_local(uri: str) -> Path:
-    """``gs://bucket/path`` -> the Cloud Storage FUSE path ``/gcs/bucket/path``."""
-    return Path(GCS_FUSE_ROOT) / uri.removeprefix("gs://")
-
-
 def bundled_model_dir() -> Path | None:
     """The model baked into an image by ``serving.image.build_image``, if any."""
     path = Path(__file__).resolve().parent.parent / BUNDLED_MODEL
     return path if path.is_dir() else None
 
 
-def _model_dir(env: Mapping[str, str], *platform: str, default: str | None = None) -> Path | None:
+def _model_location(env: Mapping[str, str], *platform: str) -> str | None:
     # A model baked into the image wins over the platform's location, MLCLOUD_SERVE_MODEL
     # over both.
     value = env.get(ENV_MODEL)
     if value:
-        return gcs_to_local(value) if value.startswith("gs://") else Path(value)
+        return value
     bundled = bundled_model_dir()
     if bundled is not None:
-        return bundled
+        return str(bundled)
     for var in platform:
         value = env.get(var)
         if value:
-            return gcs_to_local(value) if value.startswith("gs://") else Path(value)
-    return Path(default) if default else None
+            return value
+    return None
 
 
-def resolve(env: Mapping[str, str] | None = None) -> Contract:
+def _contract(name: str, location: str | None, port: int | None, **routes: Any) -> Contract:
+    """``location`` is a local path or a ``gs://`` URI (kept as ``model_uri``)."""
+    if location and location.startswith("gs://"):
+        return Contract(name, None, port, model_uri=location, **routes)
+    return Contract(name, Path(location) if location else None, port, **routes)
+
+
+def resolve(env: Mapping[str, str] | None = None, *, serve_arg: bool = False) -> Contract:
     """The contract for this process's environment (``os.environ`` by default)."""
     env = os.environ if env is None else env
-    name = detect(env)
+    name = detect(env, serve_arg=serve_arg)
     if name == "sagemaker":
-        return Contract(
+        return _contract(
             name,
-            _model_dir(env, default=SAGEMAKER_MODEL_DIR),
+            _model_location(env) or SAGEMAKER_MODEL_DIR,
             _port(env, "SAGEMAKER_BIND_TO_PORT", 8080),
             predict_routes=("/invocations",),
             ready_routes=("/ping",),
             extra={"execution_parameters": "/execution-parameters"},
         )
     if name == "vertex":
-        return Contract(
+        return _contract(
             name,
-            _model_dir(env, "AIP_STORAGE_URI"),
+            _model_location(env, "AIP_STORAGE_URI"),
             _port(env, "AIP_HTTP_PORT", 8080),
             predict_routes=(_route(env, "AIP_PREDICT_ROUTE", "/predict"),),
             ready_routes=(_route(env, "AIP_HEALTH_ROUTE", "/health"),),
         )
     if name == "azureml":
-        return Contract(
+        return _contract(
             name,
-            _model_dir(env, "AZUREML_MODEL_DIR"),
+            _model_location(env, "AZUREML_MODEL_DIR"),
             _port(env, ENV_PORT, AZUREML_PORT),
             predict_routes=("/score",),
             ready_routes=("/health",),
             live_routes=("/",),
         )
-    return Contract(name, _model_dir(env), _port(env, ENV_PORT, None), predict_routes=("/predict",))
+    return _contract(
+        name, _model_location(env), _port(env, ENV_PORT, None), predict_routes=("/predict",)
+    )
 
 
 def locate_model_dir(path: Path, manifest: str = "mlcloud-model.yaml") -> Path:

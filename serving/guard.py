@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -91,9 +91,17 @@ async def send_json(
 
 class GuardMiddleware:
     def __init__(
-        self, app: ASGIApp, *, max_body: int, routes: Iterable[str], record: bool = True
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        routes: Iterable[str],
+        record: bool = True,
+        media: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.app = app
+        # route -> the body types it parses itself besides JSON (SageMaker: CSV, JSON Lines)
+        self.media = {route: frozenset(types) for route, types in (media or {}).items()}
         self.max_body = max_body
         self.routes = frozenset(routes)
         # False outside a BentoML server (a Ray Serve replica): only the body checks apply
@@ -136,9 +144,11 @@ class GuardMiddleware:
             return receive
         headers = dict(scope["headers"])
         media = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1")
-        if media.lower() not in JSON_TYPES:
+        allowed = self.media.get(scope["path"], frozenset())
+        if media.lower() not in JSON_TYPES and media.lower() not in allowed:
             # Never let a body reach BentoML's pickle (or form/text) deserialisers.
-            error = f"Content-Type must be application/json, got {media or 'none'!r}"
+            wanted = ", ".join(sorted({*JSON_TYPES, *allowed}))
+            error = f"Content-Type must be {wanted}, got {media or 'none'!r}"
             await send_json(send, 415, {"error": error})
             return None
         declared = headers.get(b"content-length")

@@ -16,21 +16,26 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import platform
 import re
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from mlcloud import modeldir
 from mlcloud.errors import MlcloudError, SpecError
 from serving.contracts import BUNDLED_MODEL
 
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}(:[A-Za-z0-9_.-]{1,128})?$")
-_BASE_PACKAGES = ("fastapi", "numpy", "pydantic", "PyYAML")  # bentoml pins itself
+# bentoml pins itself; google-cloud-storage: Vertex prediction nodes have no /gcs mount, the
+# entrypoint downloads the model from AIP_STORAGE_URI
+_BASE_PACKAGES = ("fastapi", "numpy", "pydantic", "PyYAML", "google-cloud-storage")
 _FRAMEWORK_PACKAGES = {
     "sklearn": ("scikit-learn", "skops", "joblib"),
     "onnx": ("onnxruntime",),
@@ -45,6 +50,9 @@ _DOCKERFILE_TEMPLATE = """\
 ENV PYTHONPATH={{ bento__path }}/src
 EXPOSE 8080 5001
 ENTRYPOINT ["python", "-m", "serving.entrypoint"]
+# The entrypoint starts as root and picks the user per contract (serving/entrypoint.py):
+# SageMaker expects root; elsewhere it drops to bentoml when that user can read the model.
+USER root
 {% endblock %}
 """
 
@@ -62,34 +70,39 @@ class ImageResult:
     commands: tuple[str, ...]  # how to build the image elsewhere (empty when built here)
 
 
-def _pin(package: str) -> str:
-    try:
-        version = importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return package
-    # Pickle/skops formats need the exact library that wrote them.
+def _pin(package: str, versions: Mapping[str, str]) -> str:
+    # Pickle/skops formats need the exact library that wrote them: the version the model
+    # recorded (a cloud training image's), else this machine's.
+    version = versions.get(package)
+    if version is None:
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return package
     return f"{package}=={version.split('+')[0]}"
 
 
-def requirements(framework: str | None) -> list[str]:
-    """Pinned packages for one framework, or for every framework (a generic image)."""
+def requirements(framework: str | None, versions: Mapping[str, str] | None = None) -> list[str]:
+    """Pinned packages for one framework, or for every framework (a generic image);
+    ``versions``: what the model's manifest recorded (``modeldir.library_versions``)."""
     frameworks = [framework] if framework else list(_FRAMEWORK_PACKAGES)
     names = [*_BASE_PACKAGES, *(p for f in frameworks for p in _FRAMEWORK_PACKAGES[f])]
-    return [_pin(name) for name in dict.fromkeys(names)]
+    recorded = {k: v for k, v in (versions or {}).items() if k in names}
+    return [_pin(name, recorded) for name in dict.fromkeys(names)]
 
 
-def _stage(ctx: Path, model_dir: Path | None) -> tuple[str | None, str | None]:
-    """Fill the build context; returns the model's (framework, digest) as copied."""
+def _stage(ctx: Path, model_dir: Path | None) -> tuple[dict[str, Any], str | None]:
+    """Fill the build context; returns the model's manifest and digest as copied."""
     here = Path(__file__).resolve().parent
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(here, ctx / "serving", ignore=ignore)
     shutil.copytree(here.parent / "mlcloud", ctx / "mlcloud", ignore=ignore)
     (ctx / "Dockerfile.template").write_text(_DOCKERFILE_TEMPLATE, encoding="utf-8")
     if model_dir is None:
-        return None, None
+        return {}, None
     staged = ctx / BUNDLED_MODEL
     stage_model(model_dir, staged)
-    return modeldir.verify(staged)["framework"], modeldir.digest(staged)
+    return modeldir.verify(staged), modeldir.digest(staged)
 
 
 def stage_model(model_dir: Path, dest: Path) -> None:
@@ -141,8 +154,12 @@ def _copy_regular(src: Path, dest: Path, rel: str) -> None:
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
-def bentofile(name: str, framework: str | None, digest: str | None) -> dict[str, object]:
-    python: dict[str, object] = {"packages": requirements(framework), "lock_packages": False}
+def bentofile(
+    name: str, framework: str | None, digest: str | None, versions: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    versions = versions or {}
+    packages = requirements(framework, versions)
+    python: dict[str, object] = {"packages": packages, "lock_packages": False}
     if framework in (None, "pytorch"):
         python["extra_index_url"] = [TORCH_CPU_INDEX]  # the CPU wheel, not the CUDA one
     labels = {"mlcloud.model-sha256": digest} if digest else {}
@@ -155,7 +172,10 @@ def bentofile(name: str, framework: str | None, digest: str | None) -> dict[str,
         "python": python,
         "docker": {
             "distro": "debian",
-            "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+            # the Python that wrote the model (pickles), else this one
+            "python_version": ".".join(
+                versions.get("python", platform.python_version()).split(".")[:2]
+            ),
             "dockerfile_template": "Dockerfile.template",
         },
     }
@@ -255,9 +275,9 @@ def _build_bento(
     the digest of the model as staged (what the Bento holds)."""
     with tempfile.TemporaryDirectory(prefix="mlcloud-bento-") as tmp:
         ctx = Path(tmp)
-        framework, digest = _stage(ctx, model_dir)
+        manifest, digest = _stage(ctx, model_dir)
         version = version or (digest[:12] if digest else "")
-        spec = bentofile(name, framework, digest)
+        spec = bentofile(name, manifest.get("framework"), digest, manifest.get("versions"))
         # JSON is YAML: no dumper needed, and the file is exactly what we built.
         (ctx / "bentofile.yaml").write_text(json.dumps(spec, indent=2), encoding="utf-8")
         argv = [

@@ -7,7 +7,10 @@ payload is checked here against the model's signature before the model sees it; 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,3 +123,84 @@ def to_jsonable(outputs: Any) -> list[Any]:
     if hasattr(outputs, "tolist"):
         outputs = outputs.tolist()
     return list(outputs)
+
+
+# SageMaker passes the caller's content type through (InvokeEndpoint, batch transform), and
+# batch transform's MULTI_RECORD strategy sends many CSV rows or JSON lines in one body.
+JSON_TYPE = "application/json"
+CSV_TYPE = "text/csv"
+JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
+SAGEMAKER_TYPES = (JSON_TYPE, CSV_TYPE, *JSONLINES_TYPES)
+
+
+def _number(text: str, row: int) -> int | float:
+    value = text.strip()
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"CSV row {row}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise InputError(f"CSV row {row}: {value!r} is not a finite number")
+    return number
+
+
+def parse_csv(body: bytes) -> list[Any]:
+    """CSV rows of numbers (no header) -> one instance per row."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"CSV body is not UTF-8: {e}") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if r]
+    if not rows:
+        raise InputError("CSV body has no rows")
+    return [[_number(v, n) for v in row] for n, row in enumerate(rows, 1)]
+
+
+def parse_jsonlines(body: bytes) -> list[Any]:
+    """JSON Lines -> one instance per non-empty line."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    if not lines:
+        raise InputError("JSON Lines body has no lines")
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            out.append(parse_json(line))
+        except InputError as e:
+            raise InputError(f"JSON Lines line {n}: {e}") from None
+    return out
+
+
+def parse_instances(body: bytes, media: str) -> list[Any]:
+    """The instances of a body of media type ``media`` (one of SAGEMAKER_TYPES)."""
+    if media == CSV_TYPE:
+        return parse_csv(body)
+    if media in JSONLINES_TYPES:
+        return parse_jsonlines(body)
+    return extract_instances(parse_json(body))
+
+
+def render(predictions: list[Any], media: str) -> bytes:
+    """Predictions as ``media``: a JSON object, one CSV row or one JSON line per instance."""
+    if media == CSV_TYPE:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        for p in predictions:
+            writer.writerow(p if isinstance(p, list) else [p])
+        return out.getvalue().encode()
+    if media in JSONLINES_TYPES:
+        return b"".join(json.dumps(p).encode() + b"\n" for p in predictions)
+    return json.dumps({"predictions": predictions}).encode()
+
+
+def answer_type(accept: str, request_media: str) -> str:
+    """The first supported type in ``Accept``; else the request's own type (batch transform
+    joins output lines to input lines, so CSV in means CSV out unless asked otherwise)."""
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in SAGEMAKER_TYPES:
+            return media
+    return request_media

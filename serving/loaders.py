@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import inspect
 import io
+import logging
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -32,6 +33,7 @@ from serving.inputs import InputSpec, to_batch, to_jsonable
 
 # Types skops reports as "untrusted" that we accept anyway (the list lives with the model dir,
 # which converts a job's pickles to skops with it).
+logger = logging.getLogger(__name__)
 TRUSTED_SKOPS_TYPES: frozenset[str] = modeldir.SKOPS_TRUSTED_TYPES
 SKLEARN_METHODS = ("predict", "predict_proba", "decision_function", "transform")
 
@@ -47,6 +49,8 @@ class Predictor(ABC):
         self.manifest = manifest
         self.input_spec = spec
         self.default_dtype = default_dtype
+        # library versions that differ from the ones that wrote the model (load_model)
+        self.version_warnings: list[str] = []
 
     def prepare(self, instances: Any) -> Any:
         """Validate one request's ``instances``; raises InputError (a 4xx) if unacceptable."""
@@ -136,10 +140,16 @@ def load_model(model_dir: Path, trust: str | None = None) -> Predictor:
     if trust is None:
         trust = os.environ.get(modeldir.TRUST_ENV, "")
     modeldir.check_trust(root, manifest, trust)
+    # Before unpickling: another major version of the framework is refused with a hint.
+    version_warnings = modeldir.check_versions(manifest)
+    for warning in version_warnings:
+        logger.warning("%s: %s", root, warning)
     spec = InputSpec.from_signature(manifest.get("signature"))
     loader = _LOADERS[manifest["framework"]]
     try:
-        return loader(root, manifest, spec)
+        predictor = loader(root, manifest, spec)
+        predictor.version_warnings = version_warnings
+        return predictor
     except ModelDirError:
         raise
     except ImportError as e:

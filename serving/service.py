@@ -26,7 +26,7 @@ import bentoml
 from mlcloud import modeldir
 from mlcloud.errors import ConfigError
 from serving import bentoml_fixes
-from serving.app import State, build_app
+from serving.app import State, build_app, media_routes
 from serving.batching import MicroBatcher, is_fast
 from serving.contracts import ENV_MODEL, ContractError, locate_model_dir, resolve
 from serving.guard import GuardMiddleware, metrics
@@ -104,6 +104,11 @@ class MlcloudService:
 
     def __init__(self) -> None:
         if CONTRACT.model_dir is None:
+            if CONTRACT.model_uri is not None:  # the entrypoint downloads it first
+                raise ContractError(
+                    f"{CONTRACT.model_uri} is not a local path: start the server with "
+                    "`python -m serving.entrypoint`, which downloads it"
+                )
             raise ContractError(f"no model to serve: set {ENV_MODEL} to an mlcloud model dir")
         root = locate_model_dir(CONTRACT.model_dir)
         started = time.perf_counter()
@@ -112,6 +117,7 @@ class MlcloudService:
             "framework": predictor.framework,
             "model_sha256": modeldir.digest(root),
             "contract": CONTRACT.name,
+            "version_warnings": predictor.version_warnings,
         }
         if predictor.batchable:
             STATE.batcher = MicroBatcher(
@@ -140,5 +146,5 @@ def _observe_batch(size: int) -> None:
 
 
 MlcloudService.add_asgi_middleware(  # type: ignore[attr-defined]
-    GuardMiddleware, max_body=MAX_BODY, routes=KNOWN_ROUTES
+    GuardMiddleware, max_body=MAX_BODY, routes=KNOWN_ROUTES, media=media_routes(CONTRACT)
 )

@@ -13,7 +13,9 @@ of the provider never touches the SDK's private attributes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,11 +53,26 @@ class RunDetails:
     log_files: dict[str, str]  # file name -> SAS URL
 
 
-def quiet_sdk() -> None:
-    """azure-ai-ml warns about every experimental class it touches; not the user's concern."""
-    import logging
+#: what the Azure SDKs logged (azure-identity tries ~6 credentials, logging each failure): kept
+#: here for ``--debug`` and tests instead of ~15 lines on the terminal before mlcloud's error
+SDK_LOG: collections.deque[str] = collections.deque(maxlen=200)
 
+
+class _CaptureSdkLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        SDK_LOG.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+
+def quiet_sdk() -> None:
+    """azure-ai-ml warns about every experimental class it touches, and azure-identity logs
+    every credential it tried: not the user's concern. Both are captured in SDK_LOG; the
+    failure itself reaches the user as one mapped error (errors.py) with its hint. A program
+    that configured logging still gets the records (they propagate)."""
     logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
+    azure = logging.getLogger("azure")
+    if not any(isinstance(h, _CaptureSdkLog) for h in azure.handlers):
+        # a handler in the chain keeps logging's last-resort stderr printer from firing
+        azure.addHandler(_CaptureSdkLog(logging.WARNING))
 
 
 @contextlib.contextmanager

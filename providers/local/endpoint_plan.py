@@ -151,7 +151,10 @@ def _model_dir(deployment: Deployment, where: str) -> Path:
     try:
         modeldir.read_manifest(model_dir)
     except (OSError, ModelError) as exc:  # the spec's ``model:`` names no model directory
-        raise SpecError(f"model: {model_dir} is not an mlcloud model directory ({exc})") from None
+        raise SpecError(  # exc already names the directory and why
+            f"model: {exc}",
+            hint="pass a directory runtime.save_model wrote, or a job id (mlcloud jobs list)",
+        ) from None
     return model_dir
 
 

@@ -460,7 +460,15 @@ def predict(provider: LocalProvider, name: str, payload: Any) -> Any:
     if code == 200:
         return answer
     message = answer.get("error") if isinstance(answer, dict) else None
-    raise http_error(provider.origin, name, code, str(message or answer))
+    error = http_error(provider.origin, name, code, str(message or answer))
+    if error.hint is None:  # the server's own log for its failures, the payload for ours
+        logs = [str(s["log"]) for s in record.details.get("servers") or [] if s.get("log")]
+        error.hint = (
+            f"the server's log: {', '.join(logs)}"
+            if code >= 500 and logs
+            else 'check the request: {"instances": [...]}, each shaped as the model\'s input'
+        )
+    raise error
 
 
 def undeploy(provider: LocalProvider, name: str) -> EndpointRecord | None:

@@ -177,9 +177,10 @@ def _check_gpus(job: TrainingJob, nodes_here: int, where: str) -> None:
     have, need = gpu_count(), gpus * nodes_here
     if have < need:
         raise UnsupportedFeature(
-            f"accelerators={job.resources.accelerators!r} ({need} GPU(s) on this machine)",
+            f"accelerators={job.resources.accelerators!r} (needs {need} GPU(s), this machine "
+            f"has {have})",
             where,
-            hint=f"this machine has {have} GPU(s): drop resources.accelerators "
+            hint="drop resources.accelerators "
             "(--set resources.accelerators=null) or run on a GPU provider",
         )
 

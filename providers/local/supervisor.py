@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from mlcloud.records import JobRecord
     from mlcloud.store import Store
 
+MAX_SHUTDOWN_BYTES = 16 << 20  # more than this is left in the job's log, not moved
+
 # The state store (and psutil) are imported on first use, after the first attempt has started:
 # the user's first line should not wait ~70 ms for imports the launch itself does not need.
 
@@ -138,7 +140,7 @@ class Supervisor:
         for attempt in range(1, attempts + 1):
             if self.cancel.is_set():
                 break
-            self.log(out, f"attempt {attempt}/{attempts} started")
+            self.log(out, self._attempt_line(attempt, attempts))
             rc = self._run_attempt(out, attempt)
             if self.cancel.is_set():
                 break
@@ -156,6 +158,19 @@ class Supervisor:
             )
             return
         self._cancel(out)
+
+    def _attempt_line(self, attempt: int, attempts: int) -> str:
+        """``attempt 2/4 started``; a distributed job is restarted by torchrun, not by us, so
+        its line says so instead of a misleading ``attempt 1/1`` (max_restarts: 3)."""
+        by_torchrun = [
+            int(arg.partition("=")[2])
+            for step in self.spec["steps"]
+            for arg in step["argv"]
+            if arg.startswith("--max-restarts=") and arg.partition("=")[2].isdigit()
+        ]
+        if attempts == 1 and by_torchrun and by_torchrun[0] > 0:
+            return f"job started (torchrun restarts its workers up to {by_torchrun[0]} time(s))"
+        return f"attempt {attempt}/{attempts} started"
 
     def _back_off(self, out: BinaryIO, attempt: int, rc: int) -> None:
         """Wait before the next attempt: ``first`` seconds doubling per attempt up to ``cap``, so
@@ -276,9 +291,33 @@ class Supervisor:
 
     def _cancel(self, out: BinaryIO) -> None:
         self.log(out, "cancel requested: stopping the job")
+        start = os.fstat(out.fileno()).st_size  # what the processes print from here on
         self._stop_children(grace=float(self.spec["grace"]))
         self.record("CANCELLED", message="cancelled")
-        self.log(out, "job cancelled")
+        moved = self._set_aside_shutdown_output(out, start)
+        self.log(out, "job cancelled" + moved)
+
+    def _set_aside_shutdown_output(self, out: BinaryIO, start: int) -> str:
+        """Move what the processes printed while being stopped (torchrun's SignalException
+        tracebacks, ~100 lines for a DDP job) out of the job's log into ``shutdown.log``, so a
+        cancelled job's log ends cleanly; returns the note saying where it went."""
+        out.flush()
+        try:
+            if os.fstat(out.fileno()).st_size - start > MAX_SHUTDOWN_BYTES:
+                return ""  # too much to be shutdown noise alone: keep it where it is
+            with open(self.spec["log"], "rb") as fh:
+                fh.seek(start)
+                noise = fh.read()
+            if not noise.strip():
+                return ""
+            aside = Path(self.spec["log"]).with_name("shutdown.log")
+            with sensitive.open_append(str(aside)) as fh:
+                fh.write(noise)
+            os.ftruncate(out.fileno(), start)  # everyone that wrote there is stopped
+        except OSError as e:  # the log stays as it is: noisy, but complete
+            return f" (its shutdown output stays above: {e})"
+        lines = noise.count(b"\n") or 1
+        return f" ({lines} line(s) the processes printed while stopping are in {aside})"
 
     def _start_rdzv_store(self, out: BinaryIO, rdzv: RdzvSpec) -> None:
         host, port = rdzv["host"], int(rdzv["port"])

@@ -179,7 +179,6 @@ class LocalCluster:
             "--disable-usage-stats",
             *node_resources(conf.num_cpus, conf.num_gpus),
         ]  # fmt: skip
-        self._run(argv, env, HEAD)
         # a wildcard bind is reached from here through loopback
         wildcard = conf.dashboard_host in ("0.0.0.0", "::")  # noqa: S104 (compared, not bound)
         host = "127.0.0.1" if wildcard else conf.dashboard_host
@@ -191,8 +190,14 @@ class LocalCluster:
             token_file=str(self.token_file),
             started_at=time.time(),
         )
+        # recorded first: what a failed start left running is found (and ended) by its id
         self.state_file.write_text(json.dumps(asdict(info), indent=2))
-        self._wait_ready(info)
+        try:
+            self._run(argv, env, HEAD)
+            self._wait_ready(info)
+        except BaseException:
+            stop_processes(cluster_id, self.temp_dir, grace=STOP_GRACE)
+            raise
         return info
 
     def _run(self, argv: list[str], env: Mapping[str, str], node: str) -> None:

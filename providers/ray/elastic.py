@@ -90,7 +90,8 @@ class Agent:
         import ray
 
         self.node = ray.get_runtime_context().get_node_id()[:8]
-        argv = torchrun_argv(spec, local_addr=ray.util.get_node_ip_address())
+        address = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]  # unannotated
+        argv = torchrun_argv(spec, local_addr=address)
         # a fresh store per rendezvous round (see runtime.init_distributed)
         env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
         self.proc = subprocess.Popen(argv, env=env, start_new_session=True)
@@ -134,7 +135,8 @@ def torchrun_argv(spec: dict[str, Any], local_addr: str) -> list[str]:
 def rendezvous_store(host: str) -> tuple[Any, int]:
     """torchrun's c10d store, listening on ``host`` only (TCPStore alone binds every interface;
     it adopts a listening socket instead: ``master_listen_fd``)."""
-    from torch.distributed import TCPStore
+    # torch.distributed re-exports it without declaring it; import it from its home
+    from torch._C._distributed_c10d import TCPStore
 
     sock = socket.create_server((host, 0))
     port = sock.getsockname()[1]
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init()
-    host = ray.util.get_node_ip_address()
+    host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]  # unannotated
     store, port = rendezvous_store(host)
     low, high = opts.nodes
     spec = {
@@ -213,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         "name": opts.name,
         "command": command,
     }
-    agent_cls = ray.remote(Agent).options(**actor_options(opts))
-    agents = [agent_cls.remote(spec) for _ in range(high)]
+    agent_cls: Any = ray.remote(Agent).options(**actor_options(opts))
+    agents: list[Any] = [agent_cls.remote(spec) for _ in range(high)]
     print(f"[mlcloud] {low}..{high} nodes, rendezvous on {host}:{port}", flush=True)
     grace = float(os.environ.get("MLCLOUD_GRACE_SECONDS") or 10)
 

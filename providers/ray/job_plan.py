@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 SUBMIT_JOB = "JobSubmissionClient.submit_job"
 PACKAGE_PREFIX = "gcs://_ray_pkg_"
 ELASTIC_MODULE = "mlcloud_ray.elastic"
+STOP_SLACK = 5  # seconds Ray's SIGKILL of a stopped job waits beyond mlcloud's grace
 REMOTE_STORAGE = "/tmp/mlcloud-ray"  # noqa: S108 (node-local default for a cluster's jobs)
 META_JOB_ID, META_ATTEMPT, META_NAME = "mlcloud_job_id", "mlcloud_attempt", "mlcloud_name"
 # A distributed job's log is its workers' own lines: Ray would collapse repeated lines across
@@ -166,9 +167,10 @@ def _env(provider: RayProvider, job: TrainingJob, job_id: str, job_dir: str) -> 
         if job.output
         else f"{job_dir}/output",
         runtime.ENV_HPARAMS: json.dumps(job.hyperparameters, sort_keys=True),
-        # stop_job: SIGTERM, then SIGKILL after this many seconds (Ray's job supervisor and
-        # the launcher, which forwards SIGTERM to the user's process group)
-        "RAY_JOB_STOP_WAIT_TIME_S": str(math.ceil(grace)),
+        # stop_job: SIGTERM to the entrypoint, SIGKILL after MLCLOUD_GRACE_SECONDS from the
+        # launcher (or the elastic driver) to the user's processes; Ray's own SIGKILL a little
+        # later, so theirs comes first
+        "RAY_JOB_STOP_WAIT_TIME_S": str(math.ceil(grace) + STOP_SLACK),
         "MLCLOUD_GRACE_SECONDS": str(grace),
     }
     if job.checkpoint == "auto":
@@ -195,6 +197,22 @@ def _user_env(job: TrainingJob, where: str) -> dict[str, str]:
                 "job the secret another way (a file on storage only it can read)",
             )
     return {name: str(value) for name, value in job.env.items()}
+
+
+def node_resources(job: TrainingJob) -> dict[str, float]:
+    """What one node must have for the job: its entrypoint's, or one agent's of a distributed
+    job (an agent takes 1 CPU unless ``cpus`` says)."""
+    res = job.resources
+    need: dict[str, float] = {}
+    if res.cpus is not None or job.distributed:
+        need["CPU"] = res.cpus if res.cpus is not None else 1.0
+    if res.accelerator_count:
+        need["GPU"] = float(res.accelerator_count)
+    if res.memory_bytes is not None:
+        need["memory"] = float(res.memory_bytes)
+    if res.accelerator_type:
+        need[f"accelerator_type:{res.accelerator_type}"] = 0.001
+    return need
 
 
 def entrypoint_resources(res: Resources) -> dict[str, Any]:

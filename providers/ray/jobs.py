@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from mlcloud import runtime
-from mlcloud.errors import Conflict, NotFound, ProviderError, SpecError, Transient
+from mlcloud.errors import (
+    Conflict,
+    NotFound,
+    ProviderError,
+    QuotaExceeded,
+    SpecError,
+    Transient,
+)
 from mlcloud.records import JobRecord, JobState
 from mlcloud.specs import TrainingJob
 from providers.common.waiting import wait_until
@@ -54,8 +61,6 @@ CANCEL_SLACK = 30.0  # seconds allowed on top of the grace for Ray to report it 
 LEFTOVER_WAIT = 3.0  # seconds a stopped job's processes get to end before they are killed
 MESSAGE_CHARS = 500  # of Ray's failure message (it appends the log's tail)
 _STORED = ("entrypoint", "submission_id", "runtime_env", "metadata")
-_STORED_OPTIONAL = ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
-                    "entrypoint_resources")  # fmt: skip
 
 
 class Attempt(TypedDict, total=False):
@@ -77,6 +82,7 @@ def attempts(record: JobRecord) -> list[Attempt]:
 def submit(provider: RayProvider, plan: Plan[TrainingJob]) -> JobRecord:
     context = plan.context_as(RayJobContext)
     request = _request(plan)
+    _check_fits(provider, plan.spec)
     cached = [_cache(provider, p) for p in context.packages]
     sent = stage(provider, cached)
     native = _submit(provider, request)
@@ -114,6 +120,36 @@ def _request(plan: Plan[TrainingJob]) -> dict[str, Any]:
     if calls != [SUBMIT_JOB]:
         raise SpecError(f"plan {plan.id}: expected one {SUBMIT_JOB}, got {calls}")
     return dict(plan.steps[0].request)
+
+
+def _check_fits(provider: RayProvider, job: TrainingJob) -> None:
+    """On the cluster mlcloud started (its nodes are fixed: no autoscaler adds bigger ones), a
+    job asking more of a node than every node has would wait forever: refused, with sizes."""
+    need = job_plan.node_resources(job)
+    if not provider.settings.local or not need:
+        return
+    listed = provider.clients.get_json("/api/v0/nodes?detail=1&limit=1000")
+    nodes = [n["resources_total"] for n in listed["data"]["result"]["result"]]
+    nodes = nodes or [{}]
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+        return
+    largest = {k: max(node.get(k, 0.0) for node in nodes) for k in need}
+    raise provider.origin.error(
+        QuotaExceeded,
+        f"{provider.origin}: no node of the local Ray cluster has what one node of this job "
+        f"asks: {_sizes(need)} (the largest node has {_sizes(largest)})",
+        code="NoNodeFits",
+        hint="lower the job's resources (e.g. --set resources.cpus=1 --set "
+        "resources.memory=null), or give the cluster more logical CPUs (num_cpus: in the "
+        "profile; Ray then over-subscribes the machine) and restart it",
+    )
+
+
+def _sizes(resources: Mapping[str, float]) -> str:
+    def show(key: str, value: float) -> str:
+        return f"memory {value / 2**30:.1f}Gi" if key == "memory" else f"{key} {value:g}"
+
+    return ", ".join(show(k, v) for k, v in sorted(resources.items()))
 
 
 def _cache(provider: RayProvider, package: job_plan.Package) -> tuple[str, Path]:
@@ -175,13 +211,16 @@ def _find(provider: RayProvider, submission: str, job_id: str) -> str | None:
     return submission
 
 
-def stored_request(provider: RayProvider, submission: str) -> dict[str, Any]:
-    """A submission as the Jobs API stored it (``GET /api/jobs/<id>``), as ``submit_job``'s
-    keyword arguments (the SDK's JobDetails leaves the entrypoint's resources out)."""
-    info = provider.clients.get_json(f"/api/jobs/{submission}")
-    request = {key: info[key] for key in _STORED}
-    request.update({key: info[key] for key in _STORED_OPTIONAL if info.get(key) is not None})
-    return request
+def first_request(provider: RayProvider, record: JobRecord) -> dict[str, Any]:
+    """Attempt 1's request: what the Jobs API stored (``GET /api/jobs/<id>``: mlcloud's store
+    keeps no environment values) and the entrypoint's resources, planned again from the spec
+    (the Jobs API does not return them)."""
+    info = provider.clients.get_json(f"/api/jobs/{job_plan.submission_id(record.id, 1)}")
+    job = TrainingJob.model_validate(record.spec)
+    return {
+        **{key: info[key] for key in _STORED},
+        **job_plan.entrypoint_resources(job.resources),
+    }
 
 
 # ---- status: a read ----------------------------------------------------------------------------
@@ -241,27 +280,23 @@ def advance(provider: RayProvider, record: JobRecord) -> JobRecord:
         return _resubmit(provider, record, job)
     history = attempts(record)
     started = history[-1].get("submitted_at", record.created_at) if history else record.created_at
-    if record.state is JobState.RUNNING and time.time() - started > job.max_runtime_seconds:
-        cancelled = cancel(provider, record, why="max_runtime")
-        return (
-            provider.store.update_job(
-                record.id,
-                state=JobState.FAILED,
-                unless_terminal=False,
-                message=f"stopped: it ran longer than max_runtime ({job.max_runtime})",
-                event=f"stopped after max_runtime {job.max_runtime}",
-            )
-            if cancelled.state is JobState.CANCELLED
-            else cancelled
-        )
-    return record
+    if record.state is not JobState.RUNNING or time.time() - started <= job.max_runtime_seconds:
+        return record
+    stopped = cancel(provider, record, why="max_runtime")
+    if stopped.state is not JobState.CANCELLED:
+        return stopped  # it ended on its own meanwhile
+    return provider.store.update_job(
+        record.id,
+        state=JobState.FAILED,
+        unless_terminal=False,  # from the CANCELLED the stop recorded
+        message=f"stopped: it ran longer than max_runtime ({job.max_runtime})",
+        event=f"stopped after max_runtime {job.max_runtime}",
+    )
 
 
 def _resubmit(provider: RayProvider, record: JobRecord, job: TrainingJob) -> JobRecord:
     attempt = record.attempts + 1
-    # the request as the cluster stored it (mlcloud's store keeps no environment values)
-    first = stored_request(provider, job_plan.submission_id(record.id, 1))
-    request = job_plan.attempt_request(first, record.id, attempt)
+    request = job_plan.attempt_request(first_request(provider, record), record.id, attempt)
     packages = [(str(uri), Path(path)) for uri, path in record.details.get("packages", [])]
     stage(provider, packages)  # an unused package may have been dropped by the cluster
     native = _submit(provider, request)
@@ -281,8 +316,8 @@ def _resubmit(provider: RayProvider, record: JobRecord, job: TrainingJob) -> Job
 # ---- cancel ----------------------------------------------------------------------------------
 def cancel(provider: RayProvider, record: JobRecord, why: str = "cancelled by user") -> JobRecord:
     """``stop_job`` (Ray sends SIGTERM to the entrypoint's processes, SIGKILL after the
-    grace), wait until Ray reports the attempt ended, then kill what is left of the job on the
-    cluster mlcloud started (processes that left the entrypoint's tree). A job whose last
+    grace), wait until Ray reports the attempt ended, then kill what is left of the job on
+    this machine (processes that left the entrypoint's tree). A job whose last
     attempt failed (a re-submission due included) stays failed: nothing is re-submitted."""
     if record.native_id is None:
         return record
@@ -308,7 +343,7 @@ def cancel(provider: RayProvider, record: JobRecord, why: str = "cancelled by us
         if err.code != "WaitTimeout":
             raise
         state = JobState.CANCELLED  # asked twice over; what is left is killed below
-    killed = _kill_leftovers(provider, record.id)
+    killed = _kill_leftovers(record.id)
     exit_code = info.driver_exit_code if state is JobState.FAILED else None
     note = f"; {killed} leftover process(es) killed" if killed else ""
     return provider.store.update_job(
@@ -320,12 +355,11 @@ def cancel(provider: RayProvider, record: JobRecord, why: str = "cancelled by us
     )
 
 
-def _kill_leftovers(provider: RayProvider, job_id: str) -> int:
-    """On the cluster mlcloud started (this machine), the job's own processes still alive after
-    Ray stopped it (a daemon that left the entrypoint's process tree) are SIGKILLed. Ray's
-    processes for the job (its supervisor actor and that one's watcher) are Ray's to end."""
-    if not provider.settings.local:
-        return 0
+def _kill_leftovers(job_id: str) -> int:
+    """Processes of the job still alive on this machine after Ray stopped it (a daemon that
+    left the entrypoint's process tree; on the cluster mlcloud started every node is here)
+    are SIGKILLed. Ray's own processes for the job (its supervisor actor and that one's
+    watcher) are Ray's to end. Only processes carrying this job's id are touched."""
     _poll(lambda: not user_processes(job_id), LEFTOVER_WAIT)
     left = user_processes(job_id)
     for proc in left:
@@ -342,15 +376,16 @@ def _poll(done: Callable[[], bool], timeout: float) -> None:
 
 # ---- logs ------------------------------------------------------------------------------------
 def logs(provider: RayProvider, record: JobRecord, follow: bool) -> Iterator[str]:
-    """Every attempt's driver log, oldest first (each headed ``[mlcloud] attempt n`` when the
-    job may restart); with ``follow`` the last attempt is streamed (``tail_job_logs``) until
-    it ends. A reader never re-submits: ``mlcloud.api.Job.logs`` advances, then reads again."""
-    job = TrainingJob.model_validate(record.spec)
+    """Every attempt's driver log, oldest first (each headed ``[mlcloud] attempt n`` when
+    mlcloud may submit another attempt); with ``follow`` the last attempt is streamed
+    (``tail_job_logs``) until it ends. A reader never re-submits: ``mlcloud.api.Job.logs``
+    advances, then reads again."""
+    headed = int(record.details.get("restarts", 0)) > 0  # mlcloud may submit another attempt
     history = attempts(record) or [Attempt(attempt=1, submission_id=record.native_id or "")]
     client = provider.clients.jobs
     for index, entry in enumerate(history):
         submission = entry["submission_id"]
-        if job.max_restarts:
+        if headed:
             yield f"[mlcloud] attempt {index + 1} ({submission})"
         if follow and index == len(history) - 1:
             yield from _tail(provider, submission)

@@ -6,6 +6,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mlcloud.config import placeholder
 from mlcloud.errors import ConfigError
 from providers.common import names
 
@@ -54,6 +55,8 @@ class SageMakerSettings(BaseModel):
         if not region:
             region = _profile_region(self.aws_profile)
         if not region:
+            region = placeholder("region")  # a dry-run shows <region>
+        if not region:
             raise ConfigError(
                 "no AWS region for the sagemaker profile",
                 hint="set region: in the profile, or AWS_REGION",
@@ -61,7 +64,7 @@ class SageMakerSettings(BaseModel):
         return region
 
     def need(self, field: str, why: str) -> str:
-        value = getattr(self, field)
+        value = getattr(self, field) or placeholder(field)  # a dry-run shows <field>
         if not value:
             raise ConfigError(
                 f"the sagemaker profile needs '{field}' to {why}",

@@ -92,13 +92,19 @@ def main() -> None:
             results = []
             for n in range(runs):
                 results.append(trial(provider, cluster, home))
-                print(f"trial {n + 1}: " + ", ".join(f"{k} {v:.1f} s" for k, v in
-                                                   results[-1].items()), flush=True)  # fmt: skip
+                print(f"trial {n + 1}: {_show(results[-1])}", flush=True)
         finally:
             cluster.stop(grace=2)
-    print(f"median of {runs}: " + ", ".join(
-        f"{k} {statistics.median(r[k] for r in results):.1f} s" for k in results[0]
-    ))  # fmt: skip
+    medians = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    print(f"median of {runs}: {_show(medians)}")
+
+
+def _show(result: dict[str, float]) -> str:
+    """World sizes as counts, the rest as seconds (log lines arrive in ~1 s chunks: Ray's
+    tail_job_logs reads the file once a second at its end)."""
+    return ", ".join(
+        f"{k} {v:.0f}" if k.startswith("world") else f"{k} {v:.1f} s" for k, v in result.items()
+    )
 
 
 if __name__ == "__main__":

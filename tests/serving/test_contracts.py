@@ -41,7 +41,8 @@ def test_vertex_routes_and_gcs_uri() -> None:
     }
     c = resolve(env)
     assert c.name == "vertex" and c.port == 7080
-    assert c.model_dir == Path("/gcs/bucket/models/iris")  # the Cloud Storage FUSE mount
+    # no /gcs mount on prediction nodes: the entrypoint downloads it (test_cloud_start.py)
+    assert c.model_dir is None and c.model_uri == "gs://bucket/models/iris"
     assert c.predict_routes == ("/v1/endpoints/1/deployedModels/2:predict",)
     assert c.ready_routes == ("/v1/endpoints/1/deployedModels/2",)
     with pytest.raises(ContractError, match="must start with '/'"):

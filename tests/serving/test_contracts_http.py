@@ -36,7 +36,28 @@ def test_sagemaker_runs_the_built_bento(servers: dict[str, Server], farm: Farm) 
         assert bad.status_code == 422 and "expected [-1, 4]" in bad.json()["error"]
 
 
-def test_vertex(servers: dict[str, Server]) -> None:
+def test_sagemaker_started_exactly_as_sagemaker_does(farm: Farm) -> None:
+    """`docker run IMAGE serve`: port 8080, the model in /opt/ml/model (root-owned, 0600),
+    no variable naming SageMaker; then a batch-transform request (MULTI_RECORD CSV)."""
+    if "sagemaker_exact" in farm.skipped:
+        pytest.skip(farm.skipped["sagemaker_exact"])
+    server = farm.servers["sagemaker_exact"]
+    assert server.port == 8080
+    with httpx.Client(base_url=server.url(""), timeout=30) as c:
+        ping = c.get("/ping")
+        assert ping.status_code == 200 and ping.json()["contract"] == "sagemaker"
+        assert c.post("/invocations", json=PAYLOAD).json() == EXPECTED
+        params = c.get("/execution-parameters").json()
+        assert params["BatchStrategy"] == "MULTI_RECORD"
+        rows = "5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"
+        resp = c.post("/invocations", content=rows, headers={"content-type": "text/csv"})
+        assert resp.status_code == 200 and resp.text == "0\n2\n"
+    assert "sagemaker contract, SageMaker expects root" in server.log_tail(100_000)
+
+
+def test_vertex(servers: dict[str, Server], farm: Farm) -> None:
+    # AIP_STORAGE_URI was gs://…, served by the GCS fake: the entrypoint downloaded it
+    assert f"downloaded {farm.vertex_uri} to" in servers["vertex"].log_tail(100_000)
     with httpx.Client(base_url=servers["vertex"].url(""), timeout=30) as c:
         health = c.get(VERTEX_BASE)
         assert health.status_code == 200 and health.json()["status"] == "ready"

@@ -42,6 +42,7 @@ def test_bento_contents(built: tuple[ImageResult, Path], iris_dir: Path) -> None
     reqs = (bento / "env/python/requirements.txt").read_text().split()
     assert f"scikit-learn=={importlib.metadata.version('scikit-learn')}" in reqs
     assert not any(r.startswith("torch") for r in reqs)  # only what a sklearn model needs
+    assert any(r.startswith("google-cloud-storage") for r in reqs)  # Vertex model download
 
 
 def test_no_engine_means_a_bento_and_instructions(built: tuple[ImageResult, Path]) -> None:
@@ -61,6 +62,8 @@ def test_dockerfile_uses_the_contract_entrypoint(built: tuple[ImageResult, Path]
     entrypoints = [line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT")]
     assert entrypoints[-1] == 'ENTRYPOINT ["python", "-m", "serving.entrypoint"]'
     assert "ENV PYTHONPATH=/home/bentoml/bento/src" in dockerfile
+    users = [line for line in dockerfile.splitlines() if line.startswith("USER")]
+    assert users[-1] == "USER root"  # the entrypoint chooses per contract (issue 10, item 4)
 
 
 def test_bad_tag_and_tampered_model_fail_before_building(tmp_path: Path, iris_dir: Path) -> None:

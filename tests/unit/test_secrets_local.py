@@ -86,7 +86,7 @@ def test_secrets_reach_the_job_and_nothing_else(tmp_path: Path) -> None:
 
     done = run("train", "job.yaml", "--follow", "-o", "json", cwd=work, env=env)
     assert done.returncode == 0, done.stderr
-    record = json.loads(done.stdout[done.stdout.index("\n{") + 1 :])  # after the job's log
+    record = json.loads(done.stdout)  # one JSON document: the job's log goes to stderr
     seen = json.loads((Path(record["outputs"]["output_dir"]) / "seen.json").read_text())
     assert seen["DB_PASSWORD"] == _sha(PASSWORD)
     assert seen["API_KEY"] == _sha(API_KEY)
@@ -96,7 +96,7 @@ def test_secrets_reach_the_job_and_nothing_else(tmp_path: Path) -> None:
 
     shown = run("jobs", "show", record["id"], "-o", "json", cwd=work, env=env)
     listed = run("jobs", "list", "-o", "json", cwd=work, env=env)
-    printed = plan.stdout + done.stdout + shown.stdout + listed.stdout
+    printed = plan.stdout + done.stdout + done.stderr + shown.stdout + listed.stdout
     assert PASSWORD not in printed and API_KEY not in printed and DB_URL not in printed
     assert json.loads(shown.stdout)["spec"]["env"] == {
         "DB_PASSWORD": {"from_env": "SHELL_DB_PASSWORD"},
@@ -147,6 +147,6 @@ def test_a_cloud_secret_reference_is_refused_locally(tmp_path: Path) -> None:
         "env: {DB_PASSWORD: {secret: 'arn:aws:secretsmanager:us-east-1:1:secret:x'}}\n"
     )
     out = run("train", "job.yaml", "--dry-run", cwd=tmp_path, env=dict(os.environ))
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr  # UnsupportedFeature: the input asks the impossible
     assert out.stderr.startswith("error: local") and "cloud secret store references" in out.stderr
     assert "hint: a local job reads secrets from your environment: {from_env: NAME}" in out.stderr

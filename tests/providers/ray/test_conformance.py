@@ -22,8 +22,6 @@ SCRIPTS = {
     "fail": "import sys; print('failing'); sys.exit(3)",
     "long": "import time; print('working', flush=True); time.sleep(300)",
 }
-_OPTIONAL = ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
-             "entrypoint_resources")  # fmt: skip
 
 
 class TestRayJobs(JobConformance):
@@ -52,11 +50,28 @@ class TestRayJobs(JobConformance):
 
 
 def stored_request(provider: RayProvider, submission_id: str) -> dict[str, Any]:
+    """A submission as the cluster holds it, in ``submit_job``'s keyword arguments: the Jobs
+    API's record (``GET /api/jobs/<id>``) and, since that leaves them out, the entrypoint's
+    resources as Ray scheduled the job's supervisor actor with them (State API)."""
+    info = _get(provider, f"/api/jobs/{submission_id}")
+    request = {key: info[key] for key in ("entrypoint", "submission_id", "runtime_env", "metadata")}
+    name = f"_ray_internal_job_actor_{submission_id}"
+    query = f"detail=1&filter_keys=name&filter_predicates=%3D&filter_values={name}"
+    [actor] = _get(provider, f"/api/v0/actors?{query}")["data"]["result"]["result"]
+    wanted = dict(actor["required_resources"])
+    for key, arg in (("CPU", "entrypoint_num_cpus"), ("GPU", "entrypoint_num_gpus")):
+        if key in wanted:
+            request[arg] = wanted.pop(key)
+    if "memory" in wanted:
+        request["entrypoint_memory"] = int(wanted.pop("memory"))
+    if wanted:
+        request["entrypoint_resources"] = wanted
+    return request
+
+
+def _get(provider: RayProvider, path: str) -> Any:
     endpoint = provider.clients.endpoint
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    url = f"{endpoint.url}/api/jobs/{submission_id}"
-    with opener.open(urllib.request.Request(url, headers=endpoint.headers), timeout=10) as resp:
-        info = json.loads(resp.read())
-    request = {key: info[key] for key in ("entrypoint", "submission_id", "runtime_env", "metadata")}
-    request.update({k: info[k] for k in _OPTIONAL if info.get(k) is not None})
-    return request
+    request = urllib.request.Request(f"{endpoint.url}{path}", headers=endpoint.headers)
+    with opener.open(request, timeout=10) as resp:
+        return json.loads(resp.read())

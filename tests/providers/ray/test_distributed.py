@@ -1,4 +1,4 @@
-"""examples/ddp unchanged on Ray Train workers across the cluster's nodes, and elastic recovery
+"""examples/ddp unchanged as torchrun agents across the cluster's nodes, and elastic recovery
 when a worker node dies."""
 
 from __future__ import annotations

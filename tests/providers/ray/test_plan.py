@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +76,7 @@ def test_one_node_job_runs_through_the_launcher_with_the_contract(tmp_path: Path
     assert env["MLCLOUD_CHECKPOINT_DIR"] == f"{base}/checkpoints"
     assert env["MLCLOUD_HPARAMS"] == '{"lr": 0.1}'
     assert env["MLCLOUD_PROVIDER_TYPE"] == "ray" and env["A"] == "1"
-    assert env["RAY_JOB_STOP_WAIT_TIME_S"] == "5" and env["MLCLOUD_GRACE_SECONDS"] == "4.5"
+    assert env["RAY_JOB_STOP_WAIT_TIME_S"] == "10" and env["MLCLOUD_GRACE_SECONDS"] == "4.5"
 
 
 def test_storage_defaults_to_the_home_for_the_cluster_mlcloud_starts(tmp_path: Path) -> None:
@@ -182,3 +185,22 @@ def test_dry_run_of_the_ddp_example_starts_no_cluster(tmp_path: Path) -> None:
     assert plan["type"] == "ray"
     assert "mlcloud_ray.elastic --nodes=1:2" in plan["steps"][0]["request"]["entrypoint"]
     assert not (home / "ray" / "cluster.json").exists(), "a dry run started a cluster"
+
+
+def test_the_shipped_elastic_driver_runs_on_the_clusters_python() -> None:
+    """``elastic.py`` runs on the cluster's interpreter (Ray >= 2.54 supports Python >= 3.9)
+    and imports nothing of mlcloud, which the cluster may lack."""
+    source = REPO / "providers" / "ray" / "elastic.py"
+    vermin = shutil.which("vermin") or str(Path(sys.executable).parent / "vermin")
+    out = subprocess.run(
+        [vermin, "-t=3.9-", "--no-tips", "--violations", str(source)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").partition(".")[0])
+    assert not imported & {"mlcloud", "providers", "serving"}, imported
