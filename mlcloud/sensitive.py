@@ -55,7 +55,9 @@ _URL_PASSWORD = re.compile(
     r"(?P<head>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)"
 )
 # Keys under which plans, records and supervisor files keep an environment.
-_ENV_KEYS = frozenset({"env", "Environment", "environment_variables", "environmentVariables"})
+_ENV_KEYS = frozenset(
+    {"env", "env_vars", "Environment", "environment_variables", "environmentVariables"}
+)  # env_vars: a Ray runtime_env
 
 
 def looks_secret(name: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -95,6 +96,8 @@ def main() -> None:
                 print(f"trial {n + 1}: {_show(results[-1])}", flush=True)
         finally:
             cluster.stop(grace=2)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
     medians = {k: statistics.median(r[k] for r in results) for k in results[0]}
     print(f"median of {runs}: {_show(medians)}")
 

@@ -13,6 +13,7 @@ namespace with only loopback (root needed). Run: python tests/benchmarks/ray_lau
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -74,6 +75,8 @@ def main() -> None:
                     results[name].append(one(provider, source))
         finally:
             ray.clients.cluster.stop(grace=2)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
     for name, values in results.items():
         first = statistics.median(v[0] for v in values)
         seen = statistics.median(v[1] for v in values)

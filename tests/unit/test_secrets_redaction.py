@@ -47,18 +47,22 @@ def test_redact_every_shape_of_environment_and_nothing_else() -> None:
             {"call": "jobs.CreateOrUpdate", "request": {"environment_variables": {
                 "DATABASE_URL": "postgres://app:s3cret@db:5432/x",
             }}},
+            {"call": "JobSubmissionClient.submit_job", "request": {"runtime_env": {
+                "env_vars": {"WANDB_API_KEY": "w", "D": "4"},
+            }}},
             {"call": "s3.PutObject", "request": {"Key": "models/KEY", "Bucket": "b"}},
         ]
     }  # fmt: skip
     out = json.dumps(sensitive.redact(plan))
-    for value in ('"p"', '"k"', '"t"', "s3cret"):
+    for value in ('"p"', '"k"', '"t"', '"w"', "s3cret"):
         assert value not in out
-    assert out.count(REDACTED) == 4
+    assert out.count(REDACTED) == 5
     assert "postgres://app:<redacted>@db:5432/x" in out
     for kept in (
         '"A": "1"',
         '"B": "2"',
         '"value": "3"',
+        '"D": "4"',
         '"KmsKeyId": "kms"',
         '"Key": "models/KEY"',
     ):
