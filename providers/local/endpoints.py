@@ -41,6 +41,7 @@ from mlcloud.errors import (
 )
 from mlcloud.progress import Progress
 from mlcloud.records import EndpointRecord, EndpointState, Plan
+from providers.common.payload import predict_body
 from providers.common.waiting import wait_until
 from providers.local import endpoint_procs as procs
 from providers.local.endpoint_heal import current_servers
@@ -429,11 +430,7 @@ def predict(provider: LocalProvider, name: str, payload: Any) -> Any:
         raise provider.origin.error(
             Conflict, f"endpoint {name!r} is {record.state}, not serving yet"
         )
-    body = payload if isinstance(payload, dict) else {"instances": payload}
-    try:
-        data = json.dumps(body).encode()
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"the payload is not JSON-serialisable: {exc}") from None
+    data = predict_body(payload)
     auth = record.details.get("auth") == "token"
     token = api_token(provider.store.home, create=False) if auth else None
     for attempt in (1, 2):

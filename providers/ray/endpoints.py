@@ -44,6 +44,7 @@ from mlcloud.errors import (
     Transient,
 )
 from mlcloud.records import EndpointRecord, EndpointState
+from providers.common.payload import predict_body
 from providers.common.waiting import wait_until
 from providers.ray import endpoint_plan, jobs
 from providers.ray.endpoint_plan import PUT_APPLICATIONS, RayDeployContext
@@ -371,11 +372,7 @@ def predict(provider: RayProvider, name: str, payload: Any) -> Any:
         raise provider.origin.error(
             Conflict, f"endpoint {name!r} is {record.state}, not serving yet"
         )
-    body = payload if isinstance(payload, dict) else {"instances": payload}
-    try:
-        data = json.dumps(body).encode()
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"the payload is not JSON-serialisable: {exc}") from None
+    data = predict_body(payload)
     url = f"{record.url}/predict"
     try:
         code, answer = _http(url, data, timeout=PREDICT_TIMEOUT)
