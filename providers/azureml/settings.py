@@ -6,6 +6,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from providers.common import names
+
 SERVERLESS = "serverless"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$")
 
@@ -50,6 +52,21 @@ class AzureMLSettings(BaseModel):
     mirror_seconds: float = Field(
         default=0.0, ge=0, le=3600, description="how long the mirrored share runs before the switch"
     )
+
+    @field_validator("subscription_id")
+    @classmethod
+    def _subscription(cls, v: str) -> str:
+        return names.azure_subscription(v)
+
+    @field_validator("resource_group")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        return names.azure_resource_group(v)
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, v: str) -> str:
+        return names.azure_workspace(v)
 
     @field_validator("compute")
     @classmethod

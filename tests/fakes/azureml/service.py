@@ -47,7 +47,12 @@ class Failure:
 class FakeAzureML(DataPlane):
     """One subscription / resource group / workspace; every other path answers 404."""
 
-    def __init__(self, subscription: str = "sub-1", group: str = "rg", workspace: str = "ws"):
+    def __init__(
+        self,
+        subscription: str = "00000000-0000-4000-8000-000000000001",
+        group: str = "rg",
+        workspace: str = "ws1",
+    ):
         self.subscription = subscription
         self.group = group
         self.workspace = workspace

@@ -13,9 +13,9 @@ from mlcloud.store import Store
 from tests.fakes.azureml import Installed, install
 
 SETTINGS: dict[str, Any] = {
-    "subscription_id": "sub-1",
+    "subscription_id": "00000000-0000-4000-8000-000000000001",
     "resource_group": "rg",
-    "workspace": "ws",
+    "workspace": "ws1",
     "compute": "cpu-cluster",
     "serving_image": "mlcloudacr.azurecr.io/mlcloud-serve:1",
 }

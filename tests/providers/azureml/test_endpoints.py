@@ -123,7 +123,7 @@ def test_redeploy_is_blue_green(provider: Any, azure: Installed, tmp_path: Path)
     start = len(azure.transport.requests)
     record = provider.deploy(plan)
     order = [
-        (r.method, r.url.split("/workspaces/ws")[1].split("?")[0])
+        (r.method, r.url.split("/workspaces/ws1")[1].split("?")[0])
         for r in azure.transport.requests[start:]
         if r.method in ("PUT", "DELETE") and "management" in r.url
     ]
@@ -204,7 +204,7 @@ def test_registered_model_reference_and_gpu(provider: Any, azure: Installed) -> 
     )
     assert plan.steps[0].call == "onlineEndpoints.CreateOrUpdate"  # no model upload
     body = plan.steps[1].request
-    assert body["properties"]["model"].endswith("/workspaces/ws/models/iris/versions/3")
+    assert body["properties"]["model"].endswith("/workspaces/ws1/models/iris/versions/3")
     assert body["properties"]["instanceType"] == "Standard_NC4as_T4_v3"
     assert body["sku"]["capacity"] == 2
     record = provider.deploy(plan)

@@ -84,14 +84,14 @@ def test_cluster_compute_and_local_inputs(provider: Any, tmp_path: Path) -> None
     plan = provider.plan_job(job)
     props = plan.steps[0].request["properties"]
     assert props["computeId"] == (
-        "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.MachineLearningServices/"
-        "workspaces/ws/computes/cpu-cluster"
+        "/subscriptions/00000000-0000-4000-8000-000000000001/resourceGroups/rg/providers/Microsoft.MachineLearningServices/"
+        "workspaces/ws1/computes/cpu-cluster"
     )
     assert props["inputs"]["train"] == {"jobInputType": "uri_folder", "uri": str(data)}
     assert props["inputs"]["extra"]["uri"] == "azureml://datastores/ds/paths/extra"
     assert props["environmentId"].startswith(
-        "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.MachineLearningServices/"
-        "workspaces/ws/environments/CliV2AnonymousEnvironment/versions/"
+        "/subscriptions/00000000-0000-4000-8000-000000000001/resourceGroups/rg/providers/Microsoft.MachineLearningServices/"
+        "workspaces/ws1/environments/CliV2AnonymousEnvironment/versions/"
     )
     assert props["command"] == (
         "python _mlcloud/launcher.py --platform azureml --nproc-per-node 2 --distributed "

@@ -92,3 +92,22 @@ def test_a_bad_name_is_a_config_error_naming_the_field(
     with pytest.raises(ConfigError) as err:
         get_provider(Profile("p", type_, settings), Store.open())
     assert field in str(err.value) and err.value.hint
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"subscription_id": "sub-1", "resource_group": "rg", "workspace": "ws1"},
+         "subscription_id"),
+        ({"subscription_id": "00000000-0000-4000-8000-000000000001", "resource_group": "rg.",
+          "workspace": "ws1"}, "resource_group"),
+        ({"subscription_id": "00000000-0000-4000-8000-000000000001", "resource_group": "rg",
+          "workspace": "w"}, "workspace"),
+    ],
+)  # fmt: skip
+def test_a_bad_azure_name_is_a_config_error_naming_the_field(
+    settings: dict[str, str], field: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        get_provider(Profile("az", "azureml", settings), Store.open())
+    assert field in str(err.value) and err.value.hint
