@@ -10,6 +10,7 @@ into the local directories the plan names once the uploaded bytes are checked to
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,9 @@ class TestAzureMLConformance(JobConformance):
         fake = self.fake.fake
         sent: Sent = []
         for write in fake.received:
-            if write.call.startswith("jobs.") and write.name.split("-a")[0] == record.id:
+            # attempt n > 1 is named "<job id>-a<n>"; a job id may itself contain "-a"
+            ours = re.fullmatch(re.escape(record.id) + r"(-a\d+)?", write.name)
+            if write.call.startswith("jobs.") and ours:
                 sent.append((write.call, self._decode_job(plan.spec, write.request)))
         return sent
 
