@@ -686,7 +686,3 @@ def main(argv: list[str] | None = None) -> None:
         if e.hint:
             click.echo(f"hint: {e.hint}", err=True)
         sys.exit(exit_code(e))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from mlcloud.cli import main
+
+main()
