@@ -34,7 +34,9 @@ def test_a_store_from_before_migrations_is_upgraded_in_place(tmp_path: Path) -> 
     assert store.get_job("j-old").state is JobState.SUCCEEDED
     versions = {r[0] for r in store._db.execute("SELECT version FROM schema_migrations")}
     assert versions == {m.version for m in migrations()}
-    store.add_job(JobRecord(id="j-new", name="new", provider="local", type="local"))
+    store.add_job(
+        JobRecord(id="j-new", name="new", provider="local", type="local", state=JobState.PENDING)
+    )
     assert {j.id for j in store.list_jobs()} == {"j-old", "j-new"}
 
 
