@@ -144,3 +144,50 @@ class EndpointRecord:
 def new_job_id(name: str) -> str:
     """A short, unique, human-typable job id: ``<name>-<6 hex>``."""
     return f"{name}-{secrets.token_hex(3)}"
+
+
+# ---- model registry (DESIGN.md "The MLOps loop") -------------------------------------------------
+@dataclass
+class ModelVersionRecord:
+    """One registered version of a named model: what the registry keeps and providers mirror.
+
+    ``provider`` is the profile the model lives on (its native registry, if any, is kept in step);
+    ``details`` holds the lineage and facts: ``manifest`` (file → sha256), ``library_versions``,
+    ``signature``, ``metrics``, ``params``, ``data`` (input name → {uri, digest}), ``native``
+    (the native registry's ids, e.g. ``{"model_package_arn": …}``)."""
+
+    name: str
+    version: int
+    uri: str  # model dir path or URI
+    sha256: str | None = None  # digest of the model dir's manifest (modeldir.manifest_digest)
+    framework: str | None = None
+    source_job: str | None = None
+    provider: str | None = None  # profile name
+    created_by: str | None = None
+    created_at: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One entry of a model's append-only alias history (``from_version`` None: alias created,
+    ``to_version`` None: alias removed)."""
+
+    seq: int
+    name: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    at: float
+    by: str
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
