@@ -288,3 +288,28 @@ class Provider(ABC, Generic[SettingsT]):
 
     def _undeploy(self, name: str) -> EndpointRecord | None:
         raise NotImplementedError
+
+    # ---- traffic between an endpoint's model versions (canary rollouts) ---------------------
+    # A deploy with ``traffic: {new: W, previous: 100-W}`` leaves two versions serving. Every
+    # endpoint record carries ``details["traffic"]`` (version id → percent, the split now in
+    # force; one version at 100 after a plain deploy) and ``details["versions"]`` (version id →
+    # {"model": uri, "sha256": …}); ``details["newest"]`` is the version id the last deploy
+    # made. Version ids are the provider's own names (SageMaker variant, Vertex deployedModelId,
+    # Azure ML deployment, local upstream).
+    def set_traffic(self, name: str, weights: Mapping[str, int]) -> EndpointRecord:
+        """Route endpoint ``name``'s traffic as ``weights`` (version id → percent, adding up
+        to 100). A version left out is retired (undeployed); the others serve throughout."""
+        self.require(Capability.TRAFFIC_SPLIT, "traffic splits")
+        record = self.endpoint_status(name)
+        serving = dict(record.details.get("traffic") or {})
+        unknown = sorted(set(weights) - set(serving))
+        if unknown or sum(weights.values()) != 100 or min(weights.values(), default=0) < 0:
+            raise SpecError(
+                f"endpoint {name!r}: traffic {dict(weights)} must give percentages adding up "
+                f"to 100 to versions it serves ({', '.join(sorted(serving)) or 'none'})"
+            )
+        with self.mapped():
+            return self._set_traffic(record, dict(weights))
+
+    def _set_traffic(self, record: EndpointRecord, weights: dict[str, int]) -> EndpointRecord:
+        raise NotImplementedError
