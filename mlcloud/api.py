@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
-from mlcloud import modeldir, registry
+from mlcloud import model_follow, model_lineage, model_registry, modeldir, registry
 from mlcloud.config import Profile, load_config, placeholders
 from mlcloud.errors import (
     MlcloudError,
@@ -33,10 +33,21 @@ from mlcloud.errors import (
     SpecError,
     Transient,
 )
+from mlcloud.model_follow import Follows
 from mlcloud.provider import Provider
-from mlcloud.records import EndpointRecord, JobRecord, JobState, Plan
+from mlcloud.records import (
+    AliasMove,
+    EndpointRecord,
+    JobRecord,
+    JobState,
+    ModelVersionRecord,
+    Plan,
+)
 from mlcloud.specs import Deployment, TrainingJob, TrustGrant, load_job, validate_spec
 from mlcloud.store import Store, mlcloud_home
+from mlcloud.tracking import Comparison as Comparison
+from mlcloud.tracking import compare_jobs as compare_jobs
+from mlcloud.tracking import job_metrics as job_metrics
 
 JobLike = TrainingJob | str | Path
 
@@ -324,15 +335,23 @@ class DeployOptions(TypedDict, total=False):
     env: Mapping[str, str] | None
     resources: Mapping[str, object] | None
     trust_code: bool | None
+    #: request capture for monitoring: a sample rate, or ``{sample, max_mb}``
+    capture: float | Mapping[str, object] | None
 
 
 def resolve_model(ref: str, store: Store) -> tuple[str, str | None]:
-    """A model reference → (model dir or URI, source job id). Refs: a dir, a URI, or a job id."""
+    """A model reference → (model dir or URI, source job id). Refs: a dir, a URI, a registry
+    ref (``NAME@ALIAS``, ``NAME:VERSION``; a version failing its sha256 is refused) or a job id."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return str(path.resolve()), None
     if "://" in ref:
         return ref, None
+    if model_registry.looks_like_ref(ref):
+        version = model_registry.resolve(store, ref)
+        model_registry.check_deployable(version)
+        job = version.source_job
+        return version.uri, job if job and _job_exists(store, job) else None
     try:
         record = store.get_job(ref)
     except NotFoundLocally:
@@ -366,6 +385,9 @@ def build_deployment(
         data["replicas"] = {"min": low, "max": high if high is not None else max(low, 1)}
     elif options.get("replicas") is not None:
         data["replicas"] = options.get("replicas")
+    sample = options.get("capture")
+    if sample is not None:
+        data["capture"] = {"sample": sample} if isinstance(sample, int | float) else dict(sample)
     for key in ("port", "host", "env", "resources"):
         value = options.get(key)
         if value:
@@ -433,9 +455,20 @@ def _job_with_model(store: Store, source_job: str | None, digest: str) -> str | 
 
 
 def _registry_trust(uri: str, digest: str | None, store: Store) -> TrustGrant | None:
-    """Hook for the model registry (not built yet): a registered version whose recorded digest
-    matches counts as trusted, ``TrustGrant(by="registry", digest=...)``."""
-    return None
+    """A registered version vouches for its content: same digest (a local model), or, for a
+    remote model, same URI with a recorded digest, which the grant pins."""
+    version = model_registry.trusted_version(store, uri, digest)
+    if version is None:
+        return None
+    return TrustGrant(by="registry", job=version.source_job, digest=digest or version.sha256)
+
+
+def _job_exists(store: Store, job_id: str) -> bool:
+    try:
+        store.get_job(job_id)
+    except NotFoundLocally:
+        return False
+    return True
 
 
 def _untrusted_message(root: Path, reason: str, source_job: str | None, store: Store) -> str:
@@ -474,17 +507,27 @@ def deploy(
     provider: str | None = None,
     *,
     force: bool = False,
+    follow_alias: bool = False,
     **options: Unpack[DeployOptions],
 ) -> Endpoint:
-    """Serve ``model`` (a model dir, URI or job id) as ``name`` (updates it if it exists).
-    An update whose model takes other inputs is refused (SpecError) unless ``force``: the
-    endpoint's callers would break. ``Endpoint.previous`` is the record it replaced."""
+    """Serve ``model`` (a model dir, URI, job id or registry ref) as ``name`` (updates it if it
+    exists). An update whose model takes other inputs is refused (SpecError) unless ``force``:
+    the endpoint's callers would break. ``follow_alias`` (``model`` is ``NAME@ALIAS``): moving
+    the alias redeploys this endpoint. ``Endpoint.previous`` is the record it replaced."""
     prov = get_provider(provider)
+    version, follows = model_follow.deployed_ref(model, prov.store, follow_alias)
+    if version is not None:
+        model = version.ref  # the alias read once: what is deployed is what is recorded
     deployment = build_deployment(model, name, prov.store, **options)
     previous = _existing_endpoint(prov, name)
     if previous is not None and not force:
         check_same_inputs(name, previous.model, deployment.model)
     record = prov.deploy(prov.plan_deploy(deployment))
+    record = model_follow.record(prov.store, record, version, follows)
+    if version is not None and follows is not None:
+        redeploy = _redeployer(prov.store)
+        if model_follow.catch_up(prov.store, record, version, follows, redeploy):
+            record = prov.store.get_endpoint(name, prov.name)
     endpoint = Endpoint(prov, record)
     endpoint.previous = previous
     return endpoint
@@ -569,6 +612,113 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint({self.name!r}, {self.record.state}, url={self.url!r})"
+
+
+# ---- model registry (thin wrappers over mlcloud.model_registry; README "Registry") -------------
+def register_model(
+    source: str,
+    name: str,
+    *,
+    alias: str | None = None,
+    provider: str | None = None,
+    reason: str | None = None,
+) -> ModelVersionRecord:
+    """Register ``source`` (a job id, a model dir, a URI or a ref) as the next version of
+    ``name``; with ``alias``, point it there (endpoints following it are redeployed)."""
+    store = Store.open()
+    version = model_registry.register(
+        store, source, name, provider=provider, metrics_of=job_metrics, reason=reason
+    )
+    if alias is not None:
+        move_alias(name, alias, version.version, reason=reason or f"registered {version.ref}")
+    return version
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One entry per registered model: versions, latest, aliases."""
+    from mlcloud.store import models as registry_db
+
+    return registry_db.summaries(Store.open())
+
+
+def model(ref: str) -> dict[str, Any]:
+    """``NAME``: the model's versions and aliases; ``NAME:VERSION`` / ``NAME@ALIAS``: that
+    version with its lineage (data → job → version → endpoints), integrity and native drift."""
+    return model_lineage.describe(Store.open(), ref)
+
+
+def move_alias(
+    name: str, alias: str, version: int, *, reason: str | None = None, expect: int | None = None
+) -> AliasMove:
+    """Point ``name@alias`` at ``version`` (``expect``: only if it points at that version now),
+    append the move to the history, and redeploy the endpoints following the alias."""
+    store = Store.open()
+    move = model_registry.move_alias(store, name, alias, version, reason=reason, expect=expect)
+    _follow(store, move)
+    return move
+
+
+def rollback_model(name: str, alias: str = "champion", *, reason: str | None = None) -> AliasMove:
+    """Move ``name@alias`` back to the version it pointed at before its last move, and redeploy
+    the endpoints following it (zero-downtime update)."""
+    store = Store.open()
+    move = model_registry.rollback(store, name, alias, reason=reason)
+    _follow(store, move)
+    return move
+
+
+def alias_history(name: str) -> list[AliasMove]:
+    """Every alias move of ``name``, oldest first (append-only)."""
+    return model_registry.history(Store.open(), name)
+
+
+def delete_model_version(name: str, version: int) -> None:
+    """Refused (Conflict) while an alias points at it or an endpoint serves it."""
+    model_registry.delete(Store.open(), name, version)
+
+
+def _redeployer(store: Store) -> model_follow.Redeploy:
+    """How a following endpoint gets a new version: with its recorded settings, through the
+    provider's zero-downtime update."""
+
+    def redeploy(record: EndpointRecord, version: ModelVersionRecord, follows: Follows) -> None:
+        prov = provider_named(record.provider, store)
+        check_same_inputs(record.name, record.model, version.uri)
+        job = version.source_job
+        trust, job = decide_trust(version.uri, job if job and _job_exists(store, job) else None,
+                                  store, False)  # fmt: skip
+        skip = ("model", "source_job", "trust", "traffic")
+        data: dict[str, Any] = {k: v for k, v in record.spec.items() if k not in skip}
+        env = {k: v for k, v in (data.get("env") or {}).items() if k != modeldir.TRUST_ENV}
+        _check_env_kept(record.name, env, follows)
+        data.update(model=version.uri, source_job=job, env=env)
+        if trust is not None:
+            data["trust"] = trust.model_dump()
+        deployment = validate_spec(Deployment, data, "deployment")
+        new = prov.deploy(prov.plan_deploy(deployment))
+        model_follow.record(store, new, version, follows)
+
+    return redeploy
+
+
+def _check_env_kept(endpoint: str, env: Mapping[str, Any], follows: Follows) -> None:
+    """The store keeps no secret-looking env value (README, Security): such an endpoint cannot
+    be redeployed unattended with its settings, so it is refused rather than given "***"."""
+    from mlcloud.sensitive import REDACTED
+
+    hidden = sorted(k for k, v in env.items() if v == REDACTED)
+    if hidden:
+        raise SpecError(
+            f"endpoint {endpoint}'s env {', '.join(hidden)} is not kept by the state store "
+            "(secret-looking values never are), so it cannot be redeployed unattended",
+            hint=f"mlcloud deploy {follows[0]}@{follows[1]} --name {endpoint} --follow-alias "
+            f"--env {hidden[0]}=...",
+        )
+
+
+def _follow(store: Store, move: AliasMove) -> None:
+    """Redeploy the endpoints following the moved alias (``model_follow``)."""
+    model_follow.redeploy_followers(store, move, _redeployer(store))
 
 
 # ---- the serving image -----------------------------------------------------------------------

@@ -39,6 +39,8 @@ class Profile:
     type: str
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = IMPLIED  # the file it came from
+    #: ``tracking: {mlflow: URI}``: every job of the profile gets MLFLOW_TRACKING_URI (any type)
+    tracking: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,12 +125,58 @@ def _read_file(path: Path) -> tuple[str | None, dict[str, Profile]]:
                 f"{path}: profile {name!r} needs a 'type'",
                 hint="the provider type, e.g. type: local (`mlcloud providers` lists them)",
             )
-        settings = {str(k): v for k, v in body.items() if k != "type"}
-        profiles[name] = Profile(name=name, type=body["type"], settings=settings, source=str(path))
+        settings = {str(k): v for k, v in body.items() if k not in ("type", "tracking")}
+        tracking = _tracking(body.get("tracking"), f"{path}: profile {name!r}", path.parent)
+        profiles[name] = Profile(
+            name=name, type=body["type"], settings=settings, source=str(path), tracking=tracking
+        )
     default = data.get("default")
     if default is not None and not isinstance(default, str):
         raise ConfigError(f"{path}: 'default' must be a profile name, got {default!r}")
     return default, profiles
+
+
+def tracking_uri(profile: Profile) -> str | None:
+    """The MLflow tracking URI the jobs of ``profile`` get: its ``tracking: {mlflow: URI}``,
+    else the submitter's MLFLOW_TRACKING_URI (a relative path taken from the working dir)."""
+    if profile.tracking.get("mlflow"):
+        return profile.tracking["mlflow"]
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return _mlflow_uri(env, "MLFLOW_TRACKING_URI", Path.cwd()) if env else None
+
+
+def _tracking(value: object, where: str, base: Path) -> dict[str, str]:
+    """A profile's ``tracking: {mlflow: URI}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"mlflow"}:
+        raise ConfigError(f"{where}: 'tracking' must be a mapping like {{mlflow: URI}}")
+    uri = value.get("mlflow")
+    if uri is None:
+        return {}
+    if not isinstance(uri, str) or not uri.strip():
+        raise ConfigError(f"{where}: tracking.mlflow must be a tracking URI")
+    return {"mlflow": _mlflow_uri(uri, f"{where}: tracking.mlflow", base)}
+
+
+def _mlflow_uri(uri: str, where: str, base: Path) -> str:
+    """A relative path (``./mlruns``, ``sqlite:///mlflow.db``) is taken from ``base``, not the
+    job's working directory. A password in the URI is refused: the URI is printed in plans and
+    stored with the job; credentials travel as MLFLOW_TRACKING_PASSWORD / _TOKEN in the job's
+    ``env`` ({secret: ...} / {from_env: ...}), which are never printed."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(uri).password:
+        raise ConfigError(
+            f"{where} carries a password",
+            hint="drop it from the URI; give the job env MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or _TOKEN) as {secret: ...} or {from_env: ...}",
+        )
+    if "://" not in uri and not uri.startswith("file:"):  # a plain path: MLflow's file store
+        return str((base / Path(uri).expanduser()).resolve())
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((base / uri[len("sqlite:///") :]).resolve())
+    return uri
 
 
 #: the settings a dry-run found missing, in order; ``None`` outside :func:`placeholders`

@@ -31,6 +31,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 
+class MlcloudWarning(UserWarning):
+    """Something the user should know that did not stop the operation; the CLI prints it as
+    one ``warning:`` line on stderr."""
+
+
 class MlcloudError(Exception):
     """Root of every error mlcloud raises on purpose. ``hint`` is one line telling what to do."""
 

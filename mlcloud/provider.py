@@ -25,14 +25,16 @@ from __future__ import annotations
 import builtins
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from mlcloud.errors import MlcloudError, Origin, SpecError, UnsupportedFeature, map_exceptions
 from mlcloud.records import (
     EndpointRecord,
     JobRecord,
+    ModelVersionRecord,
     Plan,
     PlanKind,
     PlanStep,
@@ -175,8 +177,15 @@ class Provider(ABC, Generic[SettingsT]):
 
     # ---- jobs: the template ------------------------------------------------------------------
     def plan_job(self, job: TrainingJob) -> Plan[TrainingJob]:
-        """Pure: the exact native request(s) for ``job``. No network writes, no store writes."""
+        """Pure: the exact native request(s) for ``job``. No network writes, no store writes.
+        The MLflow tracking URI (``config.tracking_uri``) becomes MLFLOW_TRACKING_URI in the
+        job's env (the job's own env wins): every provider passes it as it passes any env."""
+        from mlcloud.config import tracking_uri
+
         self.check_job(job)
+        uri = tracking_uri(self.profile)
+        if uri and "MLFLOW_TRACKING_URI" not in job.env:
+            job = job.model_copy(update={"env": {**job.env, "MLFLOW_TRACKING_URI": uri}})
         with self.mapped():
             return self._plan_job(job)
 
@@ -313,3 +322,85 @@ class Provider(ABC, Generic[SettingsT]):
 
     def _set_traffic(self, record: EndpointRecord, weights: dict[str, int]) -> EndpointRecord:
         raise NotImplementedError
+
+    # ---- the cloud's native model registry (providers without one keep the defaults) -------
+    # mlcloud's registry is the source of truth; a provider with Capability.REGISTRY mirrors
+    # each version into its cloud's registry (the ids ``register`` returns are kept in
+    # ``version.details["native"]``) and its aliases onto what that registry has. A native
+    # entry changed outside mlcloud is reported by ``native_drift`` and never overwritten:
+    # ``sync_aliases`` leaves such an entry as it is and returns the differences it left.
+    def plan_register(self, version: ModelVersionRecord) -> Plan[ModelVersionRecord] | None:
+        """Pure: the native request(s) that create ``version``'s entry in the cloud's model
+        registry; ``None`` when this provider has no native registry (local, ray)."""
+        if Capability.REGISTRY not in self.capabilities:
+            return None
+        with self.mapped():
+            return self._plan_register(version)
+
+    def register(self, plan: Plan[ModelVersionRecord]) -> dict[str, Any]:
+        """Create the native entry a ``plan_register`` plan describes (idempotent: the same
+        version again is the same entry); returns the native ids."""
+        self.require(Capability.REGISTRY, "a native model registry")
+        self._own(plan, "register")
+        with self.mapped():
+            return self._register(plan)
+
+    def sync_aliases(self, version: ModelVersionRecord, aliases: Sequence[str]) -> list[str]:
+        """Make the native entry show ``aliases`` (all of the version's aliases now), after an
+        alias move. An entry changed outside mlcloud since its last sync is left untouched:
+        the differences left are returned (empty: in step)."""
+        if Capability.REGISTRY not in self.capabilities or not version.details.get("native"):
+            return []
+        with self.mapped():
+            return self._sync_aliases(version, sorted(set(aliases)))
+
+    def native_drift(self, version: ModelVersionRecord, aliases: Sequence[str]) -> list[str]:
+        """Read-only: what the native entry says that mlcloud's record (``version`` with
+        ``aliases``) does not, one human-readable line each; empty when in step."""
+        if Capability.REGISTRY not in self.capabilities:
+            return []
+        if not version.details.get("native"):
+            return [f"{version.ref} has no native entry in {self.where}"]
+        with self.mapped():
+            return self._native_drift(version, sorted(set(aliases)))
+
+    def _plan_register(self, version: ModelVersionRecord) -> Plan[ModelVersionRecord]:
+        raise NotImplementedError
+
+    def _register(self, plan: Plan[ModelVersionRecord]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _sync_aliases(self, version: ModelVersionRecord, aliases: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def _native_drift(self, version: ModelVersionRecord, aliases: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    # ---- captured requests (monitoring: mlcloud.monitor.capture) -------------------------
+    # A deployment with ``capture`` records sampled requests: the local serving writes JSON
+    # Lines, the clouds their native capture, configured by their deploy plans. ``read_capture``
+    # reads them back in one shape: each record ``{"ts": unix seconds, "request_id": str,
+    # "version": version id, "instances": [...], "predictions": [...]}`` (one per request).
+    def read_capture(self, record: EndpointRecord, since: float, until: float) -> CapturedRecords:
+        """The captured requests of endpoint ``record`` with ``since <= ts < until``."""
+        if not record.spec.get("capture"):
+            raise SpecError(
+                f"endpoint {record.name!r} captures no requests",
+                hint="redeploy it with --capture 0.1 (or capture: {sample: 0.1})",
+            )
+        with self.mapped():
+            return self._read_capture(record, since, until)
+
+    def _read_capture(self, record: EndpointRecord, since: float, until: float) -> CapturedRecords:
+        raise UnsupportedFeature(
+            "reading captured requests", self.where, hint="capture runs on local and the clouds"
+        )
+
+
+@dataclass
+class CapturedRecords:
+    """What ``read_capture`` found: the records, and how many the capture dropped (a full
+    queue in the server; 0 where the platform does not say)."""
+
+    records: list[dict[str, Any]]
+    dropped: int = 0

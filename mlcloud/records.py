@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 if TYPE_CHECKING:
     from mlcloud.specs import Deployment, TrainingJob
 
-SpecT = TypeVar("SpecT", bound="TrainingJob | Deployment")
+SpecT = TypeVar("SpecT", bound="TrainingJob | Deployment | ModelVersionRecord")
 ContextT = TypeVar("ContextT")
-PlanKind = Literal["job", "deploy"]
+# "register": a model version's entry in the provider's native model registry
+PlanKind = Literal["job", "deploy", "register"]
 
 
 class JobState(enum.StrEnum):
@@ -53,7 +54,8 @@ class PlanStep:
 
 @dataclass(frozen=True)
 class Plan(Generic[SpecT]):
-    """The result of ``plan_job`` / ``plan_deploy``: printable, and all ``submit``/``deploy`` need.
+    """The result of ``plan_job`` / ``plan_deploy`` / ``plan_register``: printable, and all
+    ``submit`` / ``deploy`` / ``register`` need.
 
     ``context`` is the provider's own frozen dataclass of facts computed while planning (the
     staged archive, upload lists, ports) so submitting does not recompute them; it is not

@@ -13,6 +13,7 @@ written against this module runs unchanged on the laptop, SageMaker, Vertex AI o
 ``MLCLOUD_HPARAMS``        the hyperparameters as a JSON object
 ``MLCLOUD_NUM_NODES``      nodes in the job (1 unless distributed)
 ``MLCLOUD_NODE_RANK``      this node's rank, 0 on the chief
+``MLFLOW_TRACKING_URI``    (optional) :func:`log_metrics` / :func:`log_params` mirror to MLflow
 =========================  ==========================================================
 
 plus ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` from torchrun
@@ -25,17 +26,21 @@ works in images without mlcloud installed.
 
 from __future__ import annotations
 
+import atexit
 import json
+import math
+import numbers
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlcloud.errors import ConfigError
+from mlcloud.errors import ConfigError, SpecError
 
 if TYPE_CHECKING:
     import datetime
@@ -302,14 +307,241 @@ def save_model(
     obj: Any,
     framework: str,
     path: str | Path | None = None,
+    *,
+    reference: Any = None,
+    reference_target: Any = None,
+    feature_names: list[str] | None = None,
     **options: Any,
 ) -> Path:
     """Write ``obj`` as an mlcloud model directory (``mlcloud-model.yaml`` + artifacts).
 
     ``framework`` is ``sklearn``, ``pytorch``, ``onnx`` or ``custom``; see
-    :func:`mlcloud.modeldir.save` for the per-framework options.
+    :func:`mlcloud.modeldir.save` for the per-framework options. ``reference``: the training
+    features (rows, a DataFrame or {name: column}; optional ``reference_target``), stored as
+    the drift baseline (:mod:`mlcloud.modelprofile`) that ``mlcloud monitor`` compares with.
     """
     from mlcloud import modeldir
 
     target = Path(path) if path is not None else model_dir()
+    if reference is not None:
+        from mlcloud import modelprofile
+
+        modelprofile.write(target, reference, target=reference_target, model=obj,
+                           feature_names=feature_names)  # fmt: skip
     return modeldir.save(obj, framework, target, created_by=job_id(), **options)
+
+
+# ---- metrics and params ---------------------------------------------------------------------
+METRICS_FILE = "metrics.json"  # in output_dir(); mlcloud collects it into the job record
+ENV_MLFLOW_URI = "MLFLOW_TRACKING_URI"
+FLUSH_SECONDS = 1.0  # log_metrics rewrites metrics.json at most this often (and at exit)
+_NAME_MAX = 250  # MLflow's limit for metric and param names
+_track_lock = threading.RLock()
+_track: dict[str, Any] = {}  # "data", "dirty", "next" (write time), "mlflow" (_Mirror | None)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Record the job's parameters (JSON scalars: str, number, bool, None) in ``metrics.json``.
+
+    Only the chief writes (rank 0; node 0 when the job runs without torchrun): on other ranks
+    this is a no-op, so every rank can call it. A name logged again takes the new value.
+    """
+    clean = {_name(k, "param"): _scalar(k, v) for k, v in dict(params).items()}
+    if not _is_tracking_rank():
+        return
+    with _track_lock:
+        _data()["params"].update(clean)
+        _track["dirty"] = True
+        _flush(force=True)
+        _to_mlflow(params=clean)
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Append a point (finite number, optional ``step``, wall time) to each named metric.
+
+    ``metrics.json`` is ``{"params": {...}, "metrics": {name: [{"value", "step", "time"}]}}``,
+    replaced atomically at most every FLUSH_SECONDS and at exit (:func:`flush_metrics` forces
+    it). Only the chief writes; other ranks return at once (reduce across ranks first if a
+    metric should cover them all).
+    """
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise SpecError(f"log_metrics: step must be a non-negative integer, got {step!r}")
+    clean = {_name(k, "metric"): _number(k, v) for k, v in dict(metrics).items()}
+    if not _is_tracking_rank():
+        return
+    now = time.time()
+    with _track_lock:
+        series = _data()["metrics"]
+        points: list[tuple[str, float, int]] = []
+        for key, value in clean.items():
+            history = series.setdefault(key, [])
+            history.append({"value": value, "step": step, "time": round(now, 3)})
+            points.append((key, value, len(history) - 1 if step is None else step))
+        _track["dirty"] = True
+        _flush(force=False)
+        _to_mlflow(metrics=points, when=now)
+
+
+def flush_metrics() -> Path | None:
+    """Write ``metrics.json`` now if anything is pending; its path (None off the chief)."""
+    with _track_lock:
+        return _flush(force=True) if _is_tracking_rank() and _data() is not None else None
+
+
+def _is_tracking_rank() -> bool:
+    return rank() == 0 if "RANK" in os.environ else node_rank() == 0
+
+
+def _name(key: object, kind: str) -> str:
+    if not isinstance(key, str) or not key.strip() or len(key) > _NAME_MAX:
+        raise SpecError(f"{kind} name {key!r}: not a string of 1 to {_NAME_MAX} characters")
+    return key
+
+
+def _number(key: str, value: object) -> float:
+    try:  # float() takes ints, floats, numpy scalars and 0-d tensors alike
+        number = float(value) if not isinstance(value, (bool, str, bytes)) else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number):
+        raise SpecError(
+            f"metric {key!r}: {value!r} is not a finite number",
+            hint="skip the point (a diverged loss is better logged as a flag metric)",
+        )
+    return number
+
+
+def _scalar(key: str, value: object) -> str | int | float | bool | None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, numbers.Real) and math.isfinite(float(value)):
+        return float(value)
+    raise SpecError(
+        f"param {key!r}: {value!r} is not a JSON scalar (string, finite number, bool or null)",
+        hint="log nested settings as separate params, e.g. {'optim.lr': 0.1}",
+    )
+
+
+def _data() -> dict[str, Any]:
+    """What is logged so far; on first use, what an earlier attempt of this job left."""
+    if "data" not in _track:
+        data: dict[str, Any] = {"params": {}, "metrics": {}}
+        path = output_dir() / METRICS_FILE
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(old.get("params"), dict) and isinstance(old.get("metrics"), dict):
+                data = {"params": old["params"], "metrics": old["metrics"]}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError) as e:
+            _warn("unreadable", f"{path} is unreadable ({e}); starting it afresh")
+        _track.update(data=data, dirty=False, next=0.0)
+        atexit.register(flush_metrics)
+    return _track["data"]  # type: ignore[no-any-return]
+
+
+def _flush(force: bool) -> Path:
+    """Replace metrics.json atomically (temp file + rename: readers never see half of it)."""
+    path, start = output_dir() / METRICS_FILE, time.monotonic()
+    if (_track["dirty"] or not path.exists()) and (force or start >= _track["next"]):
+        tmp = path.with_name(f".{METRICS_FILE}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(_track["data"], separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, path)
+        # a long series takes long to write: rewriting it costs at most ~10% of the job's time
+        took = time.monotonic() - start
+        _track.update(dirty=False, next=start + took + max(FLUSH_SECONDS, 10 * took))
+    return path
+
+
+_warned: set[str] = set()
+
+
+def _warn(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        print(f"mlcloud: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _to_mlflow(**logged: Any) -> None:
+    """Mirror to the job's MLflow run when MLFLOW_TRACKING_URI is set (started on first use)."""
+    if "mlflow" not in _track:
+        _track["mlflow"] = _Mirror.start() if os.environ.get(ENV_MLFLOW_URI) else None
+    if _track["mlflow"] is not None:
+        _track["mlflow"].log(**logged)
+
+
+class _Mirror:
+    """One MLflow run per mlcloud job (tagged ``mlcloud.job_id``, named by the job id): a
+    restarted attempt logs to the same run. Inside an Azure ML job, the run Azure ML made
+    (``MLFLOW_RUN_ID``) is used. A failing tracking server costs one warning, never the job;
+    the URI is never printed (it may carry credentials)."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    @classmethod
+    def start(cls) -> _Mirror | None:
+        try:
+            import mlflow
+        except ImportError:
+            why = "mlflow is not installed in the job's environment (pip install mlflow-skinny)"
+            _warn("mlflow", f"{ENV_MLFLOW_URI} is set but {why}; metrics.json only")
+            return None
+        try:
+            client = mlflow.MlflowClient()
+            run_id = os.environ.get("MLFLOW_RUN_ID") or _mlflow_run(client, job_id())
+            client.update_run(run_id, status="RUNNING")
+        except Exception as e:
+            _warn("mlflow", f"MLflow run not started ({_redacted(e)}); metrics.json only")
+            return None
+        mirror = cls(client, run_id)
+        atexit.register(mirror.finish)
+        return mirror
+
+    def log(
+        self,
+        metrics: list[tuple[str, float, int]] | None = None,
+        params: Mapping[str, Any] | None = None,
+        when: float = 0.0,
+    ) -> None:
+        from mlflow.entities import Metric, Param
+
+        try:
+            self.client.log_batch(
+                self.run_id,
+                metrics=[Metric(k, v, int(when * 1000), s) for k, v, s in metrics or []],
+                params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            )
+        except Exception as e:  # a changed param value, a server gone: the job goes on
+            _warn("mlflow-log", f"MLflow did not take a logged value ({_redacted(e)})")
+
+    def finish(self) -> None:
+        failed = getattr(sys, "last_type", None) is not None  # an uncaught exception ended it
+        status = "KILLED" if _stop.is_set() else "FAILED" if failed else "FINISHED"
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:
+            _warn("mlflow-end", f"MLflow run not closed ({_redacted(e)})")
+
+
+def _mlflow_run(client: Any, job: str | None) -> str:
+    """The run tagged with this job's id in MLflow's experiment (MLFLOW_EXPERIMENT_ID or _NAME,
+    else the default one), created if absent."""
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if not experiment and name:
+        found = client.get_experiment_by_name(name)
+        experiment = found.experiment_id if found else client.create_experiment(name)
+    experiment = experiment or "0"
+    wanted = f"tags.`mlcloud.job_id` = '{(job or '').replace(chr(39), '')}'"
+    runs = client.search_runs([experiment], filter_string=wanted, max_results=1) if job else []
+    if runs:
+        return str(runs[0].info.run_id)
+    tags = {"mlcloud.job_id": job or "", "mlcloud.provider": os.environ.get(ENV_PROVIDER_TYPE, "")}
+    return str(client.create_run(experiment, run_name=job, tags=tags).info.run_id)
+
+
+def _redacted(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    uri = os.environ.get(ENV_MLFLOW_URI) or ""
+    return text.replace(uri, f"${ENV_MLFLOW_URI}") if uri else text

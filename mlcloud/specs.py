@@ -266,6 +266,43 @@ class ReplicaRange(_Spec):
         return self
 
 
+class Capture(_Spec):
+    """``capture: {sample: 0.1, max_mb: 512}``: record sampled requests and predictions for
+    monitoring (issue 13). Local: JSON Lines under the endpoint's directory (serving/capture.py);
+    the clouds: their native capture (SageMaker DataCaptureConfig, Vertex request-response
+    logging, Azure ML data collection), read back by ``mlcloud.monitor.capture.read_window``."""
+
+    sample: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.1, description="fraction of requests recorded (0 < sample <= 1)"
+    )
+    max_mb: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=512, description="local: the capture directory's cap; the oldest files go first"
+    )
+
+
+class DriftAction(_Spec):
+    pipeline: Name = Field(description="the pipeline whose `drift` trigger fires")
+
+
+class Monitor(_Spec):
+    """``monitor: {every: 1h, on_drift: {pipeline: NAME}}``: the scheduler checks the endpoint's
+    drift on this schedule and fires the pipeline's drift trigger (mlcloud.monitor)."""
+
+    every: str | int = Field(default="1h", description="how often to check: 30m, 1h, 1d…")
+    on_drift: DriftAction | None = None
+
+    @field_validator("every")
+    @classmethod
+    def _check_every(cls, v: str | int) -> str | int:
+        if parse_duration(v) < 60:
+            raise ValueError("must be at least 1m")
+        return v
+
+    @property
+    def every_seconds(self) -> int:
+        return parse_duration(self.every)
+
+
 class Deployment(_Spec):
     """One model served behind one named endpoint."""
 
@@ -285,6 +322,12 @@ class Deployment(_Spec):
     )
     source_job: str | None = Field(
         default=None, description="lineage: the job that produced the model (set by mlcloud)"
+    )
+    capture: Capture | None = Field(
+        default=None, description="record sampled requests and predictions (off by default)"
+    )
+    monitor: Monitor | None = Field(
+        default=None, description="check drift on a schedule, retrain on drift (needs capture)"
     )
     trust: TrustGrant | None = Field(
         default=None,
@@ -370,6 +413,14 @@ def _positive(value: str) -> str | None:
     return None if value.isdigit() and int(value) >= 1 else "must be a whole number, at least 1"
 
 
+def _positive_number(value: str) -> str | None:
+    try:
+        ok = float(value) > 0
+    except ValueError:
+        ok = False
+    return None if ok else "must be a number above 0"
+
+
 def _switch(value: str) -> str | None:
     return None if value in ("0", "1") else "must be 0 or 1"
 
@@ -387,6 +438,10 @@ _SERVING_KNOBS: dict[str, Callable[[str], str | None]] = {
     "MLCLOUD_SERVE_ACCESS_LOG": _switch,
     "MLCLOUD_SERVE_GC_FREEZE": _switch,
     "MLCLOUD_SERVING_CONTRACT": _contract,
+    # request capture's tuning (serving/capture.py); ``capture:`` turns it on
+    "MLCLOUD_CAPTURE_QUEUE": _positive,
+    "MLCLOUD_CAPTURE_ROTATE_MB": _positive_number,
+    "MLCLOUD_CAPTURE_ROTATE_S": _positive_number,
 }
 SpecT = TypeVar("SpecT", bound=BaseModel)
 SPEC_KINDS: dict[str, type[BaseModel]] = {"job": TrainingJob, "deployment": Deployment}

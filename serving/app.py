@@ -9,6 +9,7 @@ is a 500 without a traceback (the traceback goes to the server log).
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.batching import MicroBatcher, Overloaded
+from serving.capture import Capture
 from serving.contracts import Contract
 from serving.guard import render_metrics
 from serving.inputs import (
@@ -60,6 +62,8 @@ class State:
     info: dict[str, Any] = field(default_factory=dict)
     max_body: int = 10 * 1024 * 1024
     workers: int = 1
+    capture: Capture | None = None  # on when the deployment asks (serving/capture.py)
+    version: str = ""  # the model version this server runs (MLCLOUD_SERVE_VERSION)
 
     @property
     def ready(self) -> bool:
@@ -70,32 +74,50 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def predict_json(state: State, body: bytes) -> JSONResponse:
+#: the id of a request, echoed on its answer and kept with its captured record, so that
+#: ground truth sent later (``mlcloud feedback``) joins the prediction; a caller may set it
+REQUEST_ID_HEADER = "x-request-id"
+_MAX_REQUEST_ID = 128
+
+
+def request_id(given: str | None) -> str:
+    """The caller's id when it is a short printable token, else a new random one."""
+    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable() and " " not in given:
+        return given
+    return secrets.token_hex(16)
+
+
+async def predict_json(state: State, body: bytes, rid: str = "") -> JSONResponse:
     """One JSON predict request: parse, validate, batch, answer."""
     try:
         instances = extract_instances(parse_json(body))
     except InputError as e:
         return _error(e.status, str(e))
-    result = await predict_instances(state, instances)
+    result = await predict_instances(state, instances, rid)
     return result if isinstance(result, JSONResponse) else JSONResponse({"predictions": result})
 
 
-async def predict_media(state: State, body: bytes, media: str, accept: str) -> Response:
+async def predict_media(
+    state: State, body: bytes, media: str, accept: str, rid: str = ""
+) -> Response:
     """SageMaker: JSON, CSV or JSON Lines in (one or many records), answered as ``Accept``
     asks or else in the request's own type."""
     try:
         instances = parse_instances(body, media)
     except InputError as e:
         return _error(e.status, str(e))
-    result = await predict_instances(state, instances)
+    result = await predict_instances(state, instances, rid)
     if isinstance(result, JSONResponse):
         return result
     out = answer_type(accept, media)
     return Response(render(result, out), media_type=out)
 
 
-async def predict_instances(state: State, instances: list[Any]) -> list[Any] | JSONResponse:
-    """Validate, batch and run ``instances``: the predictions, or the error to answer."""
+async def predict_instances(
+    state: State, instances: list[Any], rid: str = ""
+) -> list[Any] | JSONResponse:
+    """Validate, batch and run ``instances``: the predictions, or the error to answer.
+    A success is offered to the capture (sampled, queued, never waited on)."""
     predictor = state.predictor
     if predictor is None:
         return _error(503, "model is not loaded yet", {"Retry-After": "1"})
@@ -115,6 +137,8 @@ async def predict_instances(state: State, instances: list[Any]) -> list[Any] | J
     except Exception:
         logger.exception("prediction failed")
         return _error(500, "prediction failed; see the server log")
+    if state.capture is not None:
+        state.capture.offer(rid, instances, predictions)
     return predictions
 
 
@@ -130,11 +154,16 @@ def build_app(contract: Contract, state: State, *, metrics_route: bool = True) -
     )
 
     async def predict(request: Request) -> Response:
+        rid = request_id(request.headers.get(REQUEST_ID_HEADER))
+        response: Response
         if contract.name == "sagemaker":  # the caller's content type is passed through
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             accept = request.headers.get("accept", "")
-            return await predict_media(state, await request.body(), media, accept)
-        return await predict_json(state, await request.body())
+            response = await predict_media(state, await request.body(), media, accept, rid)
+        else:
+            response = await predict_json(state, await request.body(), rid)
+        response.headers[REQUEST_ID_HEADER] = rid
+        return response
 
     async def ready() -> Response:
         if state.ready:

@@ -43,6 +43,24 @@ class _Metrics:
             labelnames=["route"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        # Per model version (issue 13): what a canary gate or a monitor compares between the
+        # versions an endpoint serves; predict routes only, version from the deployment.
+        self.version_requests = client.Counter(
+            name="mlcloud_model_requests_total",
+            documentation="Predict requests by model version and status class",
+            labelnames=["version", "status"],
+        )
+        self.version_errors = client.Counter(
+            name="mlcloud_model_errors_total",
+            documentation="Predict requests the server failed (5xx) by model version",
+            labelnames=["version"],
+        )
+        self.version_duration = client.Histogram(
+            name="mlcloud_model_request_duration_seconds",
+            documentation="Predict latency by model version",
+            labelnames=["version"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
         self.batch = client.Histogram(
             name="mlcloud_batch_requests",
             documentation="Requests stacked into one model call by the micro-batcher",
@@ -98,8 +116,13 @@ class GuardMiddleware:
         routes: Iterable[str],
         record: bool = True,
         media: Mapping[str, Iterable[str]] | None = None,
+        predict: Iterable[str] = (),
+        version: Callable[[], str] | None = None,
     ) -> None:
         self.app = app
+        # the predict routes, counted per model version (``version()``: the served one)
+        self.predict = frozenset(predict)
+        self.version = version
         # route -> the body types it parses itself besides JSON (SageMaker: CSV, JSON Lines)
         self.media = {route: frozenset(types) for route, types in (media or {}).items()}
         self.max_body = max_body
@@ -136,7 +159,15 @@ class GuardMiddleware:
         route = self._route(path)
         m = metrics()
         m.requests.labels(route=route, method=method, status=f"{status // 100}xx").inc()
-        m.duration.labels(route=route).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        m.duration.labels(route=route).observe(elapsed)
+        if self.version is not None and path in self.predict:
+            version = self.version() or "unknown"
+            m.version_requests.labels(version=version, status=f"{status // 100}xx").inc()
+            m.version_duration.labels(version=version).observe(elapsed)
+            errors = m.version_errors.labels(version=version)  # a 0 series until one fails
+            if status >= 500:
+                errors.inc()
 
     async def _check_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The receive to use, or None once a 413/415 has been sent."""

@@ -8,7 +8,9 @@ Run it with::
 Environment: ``MLCLOUD_SERVE_MODEL`` (the model dir; the cloud contracts also read their own
 variables), ``MLCLOUD_SERVE_WORKERS`` (default 1), ``MLCLOUD_SERVE_MAX_BODY`` (bytes, default
 10 MiB), ``MLCLOUD_SERVING_CONTRACT`` (local|sagemaker|vertex|azureml; detected when unset),
-``MLCLOUD_SERVE_ACCESS_LOG`` (1 to log every request; off by default, it costs throughput).
+``MLCLOUD_SERVE_ACCESS_LOG`` (1 to log every request; off by default, it costs throughput),
+``MLCLOUD_SERVE_VERSION`` (the model version id in /metrics and captured records; default: the
+model's sha256, 12 digits), ``MLCLOUD_CAPTURE_*`` (request capture: serving/capture.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import bentoml
 
 from mlcloud import modeldir
 from mlcloud.errors import ConfigError
-from serving import bentoml_fixes
+from serving import bentoml_fixes, capture
 from serving.app import State, build_app, media_routes
 from serving.batching import MicroBatcher, is_fast
 from serving.contracts import ENV_MODEL, ContractError, locate_model_dir, resolve
@@ -66,6 +68,7 @@ def _private_metrics_dir() -> None:
 _private_metrics_dir()
 bentoml_fixes.apply()  # BentoML's request timeout kept every request alive for 60 s
 CONTRACT = resolve()
+ENV_VERSION = "MLCLOUD_SERVE_VERSION"
 WORKERS = _int_env("MLCLOUD_SERVE_WORKERS", 1)
 MAX_BODY = _int_env("MLCLOUD_SERVE_MAX_BODY", 10 * 1024 * 1024)
 STATE = State(max_body=MAX_BODY, workers=WORKERS)
@@ -119,6 +122,10 @@ class MlcloudService:
             "contract": CONTRACT.name,
             "version_warnings": predictor.version_warnings,
         }
+        STATE.version = os.environ.get(ENV_VERSION) or str(STATE.info["model_sha256"])[:12]
+        STATE.capture = capture.from_env(os.environ, STATE.version)
+        if STATE.capture is not None:
+            atexit.register(STATE.capture.close)
         if predictor.batchable:
             STATE.batcher = MicroBatcher(
                 predictor.run, inline=is_fast(predictor), on_batch=_observe_batch
@@ -146,5 +153,10 @@ def _observe_batch(size: int) -> None:
 
 
 MlcloudService.add_asgi_middleware(  # type: ignore[attr-defined]
-    GuardMiddleware, max_body=MAX_BODY, routes=KNOWN_ROUTES, media=media_routes(CONTRACT)
+    GuardMiddleware,
+    max_body=MAX_BODY,
+    routes=KNOWN_ROUTES,
+    media=media_routes(CONTRACT),
+    predict=(*CONTRACT.predict_routes, "/predict"),
+    version=lambda: STATE.version,
 )

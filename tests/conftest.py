@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import pg_database, pg_server, pg_url, store_backend  # noqa: F401 (real PostgreSQL)
+
 # The shared conformance suite's asserts show their diffs like any test module's.
 pytest.register_assert_rewrite("tests.conformance")
 
@@ -19,7 +21,8 @@ def _isolated_mlcloud(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     home = tmp_path_factory.mktemp("mlcloud-home")
     monkeypatch.setenv("MLCLOUD_HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "xdg"))
-    for var in ("MLCLOUD_PROVIDER", "MLCLOUD_CONFIG"):
+    unset = ("MLCLOUD_PROVIDER", "MLCLOUD_CONFIG", "MLCLOUD_DATABASE_URL", "MLFLOW_TRACKING_URI")
+    for var in unset:
         monkeypatch.delenv(var, raising=False)
     return home
 

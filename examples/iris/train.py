@@ -1,11 +1,11 @@
 """Train a logistic regression on iris with the mlcloud runtime contract.
 
 Runs unchanged on every provider: the data comes from MLCLOUD_INPUT_TRAIN, hyperparameters
-from MLCLOUD_HPARAMS, and the model goes to MLCLOUD_MODEL_DIR.
+from MLCLOUD_HPARAMS, and the model goes to MLCLOUD_MODEL_DIR. Params and the test accuracy go to
+metrics.json in MLCLOUD_OUTPUT_DIR (`mlcloud jobs compare` reads them; MLflow too when configured).
 """
 
 import csv
-import json
 
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -20,9 +20,12 @@ labels = [int(r["species"]) for r in rows]
 x_train, x_test, y_train, y_test = train_test_split(
     features, labels, test_size=0.2, random_state=0, stratify=labels
 )
-model = LogisticRegression(C=float(params.get("C", 1.0)), max_iter=int(params.get("max_iter", 500)))
+C, max_iter = float(params.get("C", 1.0)), int(params.get("max_iter", 500))
+runtime.log_params({"C": C, "max_iter": max_iter, "train_rows": len(x_train)})
+model = LogisticRegression(C=C, max_iter=max_iter)
 model.fit(x_train, y_train)
 accuracy = model.score(x_test, y_test)
+runtime.log_metrics({"accuracy": accuracy, "train_accuracy": model.score(x_train, y_train)})
 print(f"test accuracy: {accuracy:.3f}", flush=True)
 
 path = runtime.save_model(
@@ -31,5 +34,4 @@ path = runtime.save_model(
     signature={"inputs": {"shape": [-1, 4], "dtype": "float64"}},
     example=[features[0]],
 )
-(runtime.output_dir() / "metrics.json").write_text(json.dumps({"accuracy": accuracy}))
 print(f"model saved to {path}", flush=True)

@@ -7,7 +7,15 @@ loads no pydantic, no cloud SDK); every operation goes through :mod:`mlcloud.api
 
 from __future__ import annotations
 
-from mlcloud.cli import models, rollouts, server, tracking  # noqa: F401 (they register their commands)
+from mlcloud.cli import (  # noqa: F401 (they register their commands)
+    feedback,
+    models,
+    monitor,
+    pipelines,
+    rollouts,
+    server,
+    tracking,
+)
 from mlcloud.cli.core import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,

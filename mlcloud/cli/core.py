@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from mlcloud.api import DeployOptions
     from mlcloud.records import EndpointRecord, JobRecord, Plan
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,6 +93,20 @@ def _table(headers: list[str], rows: Iterable[list[str]]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _facade() -> Any:
+    """What the commands call: :mod:`mlcloud.api`, or with ``MLCLOUD_SERVER`` set the team
+    server's client (:mod:`mlcloud.client`: the same operations, records and errors)."""
+    import os
+
+    if os.environ.get("MLCLOUD_SERVER", "").strip():
+        from mlcloud import client
+
+        return client.from_env()
+    from mlcloud import api
+
+    return api
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="mlcloud")
@@ -124,7 +139,7 @@ def train(
     output: str,
 ) -> None:
     """Run a training job described by FILE (default: job.yaml)."""
-    from mlcloud import api
+    api = _facade()
 
     if dry_run:
         _print_plan(_planned(lambda: api.plan(file, provider, list(overrides))), output)
@@ -202,7 +217,7 @@ def jobs(ctx: click.Context, provider: str | None, output: str) -> None:
 @output_option
 def jobs_list(provider: str | None = None, limit: int = 50, output: str = "text") -> None:
     """Jobs recorded in the local state store, newest first."""
-    from mlcloud import api
+    api = _facade()
 
     records = api.list_jobs(provider, limit)
     if output == "json":
@@ -226,7 +241,7 @@ def jobs_list(provider: str | None = None, limit: int = 50, output: str = "text"
 @output_option
 def jobs_show(job_id: str, output: str) -> None:
     """Refresh and show one job: state, attempts, outputs (model dir), history."""
-    from mlcloud import api
+    api = _facade()
 
     handle = api.job(job_id)
     record = handle.status()
@@ -254,7 +269,7 @@ def jobs_show(job_id: str, output: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
 def logs(job_id: str, follow: bool) -> None:
     """Print a job's logs."""
-    from mlcloud import api
+    api = _facade()
 
     _follow(job_id, api.job(job_id).logs(follow=follow))
 
@@ -278,7 +293,7 @@ def _follow(job_id: str, lines: Iterable[str], err: bool = False) -> None:
 @output_option
 def cancel(job_id: str, output: str) -> None:
     """Stop a job (idempotent)."""
-    from mlcloud import api
+    api = _facade()
 
     record = api.job(job_id).cancel()
     if output == "json":
@@ -306,6 +321,17 @@ def cancel(job_id: str, output: str) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Print the exact native requests; change nothing.")
 @click.option("--force", is_flag=True, help="Update even if the new model takes other inputs.")
+@click.option(
+    "--capture",
+    type=click.FloatRange(0, 1, min_open=True),
+    metavar="SAMPLE",
+    help="Record this fraction of requests and predictions for `mlcloud monitor` (e.g. 0.1).",
+)
+@click.option(
+    "--follow-alias",
+    is_flag=True,
+    help="MODEL is NAME@ALIAS: moving the alias (models alias / rollback) redeploys this endpoint.",
+)
 @output_option
 def deploy(
     model: str,
@@ -320,12 +346,15 @@ def deploy(
     trust_code: bool,
     dry_run: bool,
     force: bool,
+    capture: float | None,
+    follow_alias: bool,
     output: str,
 ) -> None:
-    """Serve MODEL (a model directory, URI, or a job id) as endpoint --name."""
-    from mlcloud import api
+    """Serve MODEL (a model directory, URI, job id, or NAME@ALIAS / NAME:VERSION from the model
+    registry) as endpoint --name."""
+    api = _facade()
 
-    options: api.DeployOptions = {
+    options: DeployOptions = {
         "replicas": replicas,
         "min_replicas": min_replicas,
         "max_replicas": max_replicas,
@@ -333,11 +362,12 @@ def deploy(
         "host": host,
         "env": _pairs(env_pairs, "--env"),
         "trust_code": trust_code,
+        "capture": capture,
     }
     if dry_run:
         _print_plan(_planned(lambda: api.plan_deploy(model, name, provider, **options)), output)
         return
-    endpoint = api.deploy(model, name, provider, force=force, **options)
+    endpoint = api.deploy(model, name, provider, force=force, follow_alias=follow_alias, **options)
     record = endpoint.record
     if output == "json":
         emit_records(record.to_dict())
@@ -386,7 +416,7 @@ def endpoints(ctx: click.Context, provider: str | None, output: str) -> None:
 @output_option
 def endpoints_list(provider: str | None = None, output: str = "text") -> None:
     """Endpoints recorded in the local state store."""
-    from mlcloud import api
+    api = _facade()
 
     records = api.list_endpoints(provider)
     if output == "json":
@@ -407,7 +437,7 @@ def endpoints_list(provider: str | None = None, output: str = "text") -> None:
 @output_option
 def endpoints_show(name: str, provider: str | None, output: str) -> None:
     """Refresh and show one endpoint."""
-    from mlcloud import api
+    api = _facade()
 
     record = api.endpoint(name, provider).status()
     _print_endpoint(record, output)
@@ -451,7 +481,7 @@ def _trust_line(trust: Any) -> str:
 def predict(name: str, data: str, provider: str | None, output: str) -> None:
     """Send one prediction request to endpoint NAME and print the JSON answer (the answer is
     JSON either way: --output json only prints it compact, on one line)."""
-    from mlcloud import api
+    api = _facade()
     from mlcloud.errors import SpecError
 
     text = _read_data(data)
@@ -510,7 +540,7 @@ def _read_data(data: str) -> str:
 @provider_option
 def undeploy(name: str, provider: str | None) -> None:
     """Remove endpoint NAME and everything it runs (idempotent)."""
-    from mlcloud import api
+    api = _facade()
     from mlcloud.errors import NotFoundLocally
 
     try:
@@ -614,11 +644,16 @@ def init(path: str, force: bool) -> None:
 
 
 @cli.command()
-@click.argument("kind", type=click.Choice(["job", "deployment"]), default="job")
+@click.argument("kind", type=click.Choice(["job", "deployment", "pipeline"]), default="job")
 def schema(kind: str) -> None:
-    """Print the JSON Schema of job.yaml (or a deployment), for editors."""
+    """Print the JSON Schema of job.yaml (or a deployment, or pipeline.yaml), for editors."""
     from mlcloud import api
 
+    if kind == "pipeline":  # pipelines sit above the api layer
+        from mlcloud import pipelines
+
+        emit_json(pipelines.json_schema())
+        return
     emit_json(api.json_schema(kind))
 
 
@@ -657,9 +692,27 @@ def store_backup() -> None:
     click.echo(f"backed up to {path}" if path else "not kept: the copy failed its check")
 
 
+def _warnings_as_lines() -> None:
+    """mlcloud's own warnings as ``warning:`` lines; any other keeps Python's format."""
+    import warnings
+
+    from mlcloud.errors import MlcloudWarning
+
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, MlcloudWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, *rest, **kw)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning mlcloud errors into one line + hint + exit code."""
     args = sys.argv[1:] if argv is None else argv
+    _warnings_as_lines()
     try:
         cli.main(args=args, prog_name="mlcloud", standalone_mode=False)
     except click.exceptions.Abort:

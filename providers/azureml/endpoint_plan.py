@@ -6,7 +6,9 @@ the deployment settings, so re-deploying the same thing is a no-op update and an
 blue/green: the new deployment is created beside the old one at 0% traffic, optionally
 receives a mirrored share of live traffic for ``mirror_seconds`` (shadow testing), then takes
 the traffic (``Deployment.traffic`` may keep a canary split, ``"new"`` naming this plan's
-deployment), and deployments left without traffic are deleted.
+deployment and ``"previous"`` the one deployment taking traffic now), and deployments left
+without traffic are deleted. Version ids are deployment names. ``plan_traffic`` plans a later
+split: the endpoint's traffic, then the deletion of each deployment left out.
 
 The steps, in order: ``models.CreateOrUpdate`` (a model directory or files in storage become a
 content-versioned model asset), ``onlineEndpoints.CreateOrUpdate``,
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlcloud.errors import ConfigError, NotFoundLocally, SpecError, UnsupportedFeature
-from mlcloud.records import Plan, PlanStep
+from mlcloud.records import EndpointRecord, Plan, PlanStep
 from providers.azureml import machines
 from providers.azureml.job_plan import arm_id, environment_id
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
 ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 NEW = "new"  # the key of Deployment.traffic that names the deployment this plan creates
+PREVIOUS = "previous"  # the key naming the one deployment taking traffic now
 LOCATION = "<workspace location>"  # filled in by the SDK from the workspace at deploy time
 CREATE_MODEL = "models.CreateOrUpdate"
 CREATE_ENDPOINT = "onlineEndpoints.CreateOrUpdate"
@@ -64,6 +67,7 @@ class DeployContext:
     deployment: str  # the name of the deployment this plan creates or updates
     sha256: str | None  # the model directory's digest (None: a registered or remote model)
     framework: str | None
+    split: dict[str, int]  # the endpoint's traffic after the switch (deployment -> percent)
 
 
 @dataclass(frozen=True)
@@ -229,10 +233,31 @@ def entities(provider: AzureMLProvider, deployment: Deployment) -> Entities:
 
 
 # ---- traffic ---------------------------------------------------------------------------------
-def traffic(deployment: Deployment, new: str) -> dict[str, int]:
+def traffic(deployment: Deployment, new: str, previous: str | None = None) -> dict[str, int]:
+    """The endpoint's traffic after the switch: ``new``/``previous`` resolved to deployment
+    names; a deployment at 0 is left out (and deleted)."""
     if deployment.traffic is None:
         return {new: 100}
-    return {(new if k == NEW else k): v for k, v in deployment.traffic.items() if v}
+    names = {NEW: new, PREVIOUS: previous}
+    split = {(names.get(k) or k): v for k, v in deployment.traffic.items() if v}
+    if deployment.traffic.get(PREVIOUS) and previous is None:
+        raise SpecError(
+            f"traffic.{PREVIOUS}: endpoint {deployment.name!r} has no one deployment taking "
+            "all its traffic now",
+            hint="deploy without traffic first, or settle the split with set_traffic",
+        )
+    return split
+
+
+def serving_deployment(provider: AzureMLProvider, name: str) -> str | None:
+    """The one deployment taking traffic now, as the store knows it (None: none or several)."""
+    try:
+        record = provider.store.get_endpoint(name, provider=provider.name)
+    except NotFoundLocally:
+        return None
+    split = record.details.get("traffic") or record.details.get("deployments") or {}
+    serving = [d for d, pct in split.items() if pct > 0]
+    return serving[0] if len(serving) == 1 else None
 
 
 def known_deployments(provider: AzureMLProvider, name: str) -> list[str]:
@@ -292,11 +317,34 @@ def _traffic_steps(new: str, split: dict[str, int], old: list[str], mirror: int)
 def plan_deploy(provider: AzureMLProvider, deployment: Deployment) -> Plan[Deployment]:
     built = entities(provider, deployment)
     new = str(built.online.name)
-    split = traffic(deployment, new)
+    previous = serving_deployment(provider, deployment.name)
+    if previous == new and deployment.traffic and deployment.traffic.get(PREVIOUS):
+        raise SpecError(
+            f"endpoint {deployment.name!r} already serves this model as {new}",
+            hint=f"change its share with set_traffic, e.g. {{{new!r}: 100}}",
+        )
+    split = traffic(deployment, new, previous)
     known = known_deployments(provider, deployment.name)
     _check_traffic(deployment, split, [new, *known])
     old = [d for d in known if d != new]
     steps = _create_steps(provider, built)
     steps += _traffic_steps(new, split, old, provider.settings.mirror_traffic)
-    context = DeployContext(new, built.model.sha256, built.model.framework)
+    context = DeployContext(new, built.model.sha256, built.model.framework, split)
     return provider.make_plan("deploy", deployment.name, deployment, steps, context=context)
+
+
+# ---- a later split (set_traffic) -------------------------------------------------------------
+def plan_traffic(
+    provider: AzureMLProvider, record: EndpointRecord, weights: dict[str, int]
+) -> Plan[Deployment]:
+    """The endpoint's traffic set to ``weights`` (checked by the template), then each
+    deployment left out deleted (Azure refuses to delete one that still takes traffic)."""
+    from mlcloud.specs import Deployment
+
+    split = dict(weights)
+    serving = record.details.get("traffic") or {}
+    steps = [PlanStep(UPDATE_ENDPOINT, {"traffic": split, "mirrorTraffic": {}})]
+    steps += [PlanStep(DELETE_DEPLOYMENT, {"name": d}) for d in serving if d not in split]
+    base = record.spec or {"name": record.name, "model": record.model or "unknown"}
+    spec = Deployment.model_validate({**base, "traffic": split})
+    return provider.make_plan("deploy", record.name, spec, steps)

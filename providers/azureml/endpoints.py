@@ -3,8 +3,13 @@
 ``deploy`` carries out ``endpoint_plan.plan_deploy``'s steps in order: the model version
 (content-addressed, so an existing one is reused), the endpoint (created when missing), the
 deployment beside the old ones, the mirrored share for ``mirror_seconds`` when configured, the
-traffic switch, then the deletion of deployments left without traffic. Every long-running
-operation is waited for (azure-core polls the status URL).
+traffic switch, then the deletion of deployments left without traffic. ``set_traffic`` sends
+``endpoint_plan.plan_traffic``'s steps the same way. Every long-running operation is waited for
+(azure-core polls the status URL).
+
+Retries: azure-core's pipeline retry policy is the only retry owner; mlcloud repeats no write.
+Each is safe to send again: model versions are content-addressed (an existing one is reused),
+the endpoint PUT sets an absolute traffic map, and deleting a deployment already gone is a no-op.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from mlcloud.errors import NotFound, NotFoundLocally, ProviderError, SpecError
 from mlcloud.records import EndpointRecord, EndpointState, Plan
 from providers.azureml import endpoint_plan
 from providers.azureml.clients import sdk_output_to_stderr
+from providers.common.traffic import record_split, version_of
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import ManagedOnlineEndpoint, Model
@@ -145,10 +151,14 @@ def deploy(provider: AzureMLProvider, plan: Plan[Deployment]) -> EndpointRecord:
     live = _ensure_endpoint(provider, built.endpoint)
     _wait(provider.clients.ml.online_deployments.begin_create_or_update, online)
     new = str(online.name)
-    split = endpoint_plan.traffic(spec, new)
+    split = context.split
     old = _old_deployments(provider, live, new)
     live = _shift_traffic(provider, live, new, split, old)
     _delete_unused(provider, spec.name, old, split)
+    known = _stored_or_none(provider, spec.name)
+    versions = dict((known.details.get("versions") or {}) if known else {})
+    for deployment in split:
+        versions.setdefault(deployment, version_of(known))
     record = EndpointRecord(
         name=spec.name,
         provider=provider.name,
@@ -162,6 +172,42 @@ def deploy(provider: AzureMLProvider, plan: Plan[Deployment]) -> EndpointRecord:
         details={"deployments": dict(split), "deployment": new},
         spec=spec.model_dump(mode="json"),
     )
+    versions[new] = {"model": record.model, "sha256": record.model_sha256}
+    record_split(record, _traffic_of(live), versions, newest=new)
+    return provider.store.put_endpoint(record)
+
+
+def _traffic_of(live: ManagedOnlineEndpoint) -> dict[str, int]:
+    return {str(d): int(pct) for d, pct in (live.traffic or {}).items()}
+
+
+def _stored_or_none(provider: AzureMLProvider, name: str) -> EndpointRecord | None:
+    try:
+        return provider.store.get_endpoint(name, provider=provider.name)
+    except NotFoundLocally:
+        return None
+
+
+# ---- traffic between deployments -------------------------------------------------------------
+def set_traffic(
+    provider: AzureMLProvider, record: EndpointRecord, weights: dict[str, int]
+) -> EndpointRecord:
+    """Send ``plan_traffic``'s steps in order: the endpoint's traffic, then the deletions."""
+    plan = endpoint_plan.plan_traffic(provider, record, weights)
+    ml = provider.clients.ml
+    live = ml.online_endpoints.get(record.name)
+    for step in plan.steps:
+        if step.call == endpoint_plan.UPDATE_ENDPOINT:
+            live.traffic = dict(step.request["traffic"])
+            live.mirror_traffic = dict(step.request["mirrorTraffic"])
+            live = _wait(ml.online_endpoints.begin_create_or_update, live)
+        else:
+            name = str(step.request["name"])
+            with contextlib.suppress(NotFound), provider.mapped():  # already gone
+                _wait(ml.online_deployments.begin_delete, name=name, endpoint_name=record.name)
+    record.state = _state(live.provisioning_state)
+    record.details["deployments"] = _traffic_of(live)
+    record_split(record, _traffic_of(live), record.details.get("versions") or {})
     return provider.store.put_endpoint(record)
 
 
@@ -178,6 +224,7 @@ def status(provider: AzureMLProvider, name: str) -> EndpointRecord:
     record.state = _state(live.provisioning_state)
     record.url = live.scoring_uri
     record.details = {**record.details, "deployments": dict(live.traffic or {})}
+    record_split(record, _traffic_of(live), record.details.get("versions") or {})
     return provider.store.put_endpoint(record)
 
 

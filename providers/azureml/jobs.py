@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, TypedDict, cast
 
 from mlcloud.errors import Conflict, NotFound, ProviderError
 from mlcloud.records import JobRecord, JobState
+from mlcloud.runtime import METRICS_FILE
 from mlcloud.specs import TrainingJob
 from providers.azureml import job_plan
 from providers.azureml.clients import sdk_output_to_stderr
+from providers.common import metrics
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import Job
@@ -51,6 +53,7 @@ STATES = {
 }
 RESUBMIT_DUE = "resubmit_due"  # details key: the last attempt failed and another one is allowed
 _EXIT = re.compile(r"exit(?:ed)? with (?:status |exit )?code:? ?(-?\d+)", re.I)
+_DATASTORE_PATH = re.compile(r"^azureml://datastores/(?P<datastore>[^/]+)/paths/(?P<path>.+)$")
 
 
 class Attempt(TypedDict, total=False):
@@ -142,7 +145,8 @@ def _failure(provider: AzureMLProvider, native_id: str) -> tuple[str | None, int
 
 def status(provider: AzureMLProvider, record: JobRecord) -> JobRecord:
     """Refresh from the service. A failed attempt with restarts left is recorded as due for
-    re-submission (``advance``), never re-submitted here."""
+    re-submission (``advance``), never re-submitted here. The update that records the end also
+    records the job's metrics.json (read from its output folder in the datastore)."""
     if record.native_id is None:
         return record
     native = provider.clients.ml.jobs.get(record.native_id)
@@ -152,8 +156,12 @@ def status(provider: AzureMLProvider, record: JobRecord) -> JobRecord:
         history[-1]["status"] = status_text(native.status)
     if state is not JobState.FAILED or record.details.get(RESUBMIT_DUE):
         changed = state if state is not JobState.FAILED else None  # a due job stays RESTARTING
+        ended = _metrics(provider, record) if changed and changed.terminal else _NONE
         return provider.store.update_job(
-            record.id, state=changed, merge_details={"attempts": history}
+            record.id,
+            state=changed,
+            merge_details={"attempts": history, **ended.details},
+            merge_outputs=ended.outputs or None,
         )
     message, exit_code = _failure(provider, str(native.name))
     if history:
@@ -169,14 +177,48 @@ def status(provider: AzureMLProvider, record: JobRecord) -> JobRecord:
             event=f"attempt {record.attempts} ({native.name}) failed; attempt "
             f"{record.attempts + 1} of {job.max_restarts + 1} is due",
         )
+    ended = _metrics(provider, record)
     return provider.store.update_job(
         record.id,
         state=JobState.FAILED,
         exit_code=exit_code,
         message=message or f"Azure ML job {native.name} failed",
-        merge_details={"attempts": history},
+        merge_details={"attempts": history, **ended.details},
+        merge_outputs=ended.outputs or None,
         event=f"attempt {record.attempts} failed",
     )
+
+
+_NONE = metrics.Collected({}, {})
+
+
+def _metrics(provider: AzureMLProvider, record: JobRecord) -> metrics.Collected:
+    """metrics.json from the job's output folder in its datastore, through the SDK's own
+    datastore access (an https:// output is not a datastore path: not read)."""
+    job = TrainingJob.model_validate(record.spec)
+    folder = f"{job_plan.output_base(job, record.id, provider)}/output"
+    match = _DATASTORE_PATH.match(folder)
+    if match is None or not metrics.due(record):
+        return _NONE
+
+    def read() -> bytes | None:
+        from azure.ai.ml._artifacts._artifact_utilities import get_datastore_info
+        from azure.ai.ml._artifacts._blob_storage_helper import BlobStorageClient
+        from azure.ai.ml._utils._storage_utils import get_storage_client
+
+        with provider.mapped():
+            info = get_datastore_info(provider.clients.ml.datastores, match["datastore"])
+            client = get_storage_client(**info)
+            if not isinstance(client, BlobStorageClient):
+                raise metrics.MetricsFileError(f"datastore type {info['storage_type']}: not read")
+            key = f"{match['path'].strip('/')}/{METRICS_FILE}"
+            blob = client.container_client.get_blob_client(key)
+            if blob.get_blob_properties().size > metrics.MAX_BYTES:
+                raise metrics.MetricsFileError("over the size limit")
+            data: bytes = blob.download_blob().readall()
+            return data
+
+    return metrics.gather(f"{folder}/{METRICS_FILE}", read)
 
 
 # ---- advance: the one transition -------------------------------------------------------------
@@ -224,10 +266,13 @@ def cancel(provider: AzureMLProvider, record: JobRecord) -> JobRecord:
     final = state if state.terminal else JobState.CANCELLED
     history = attempts(record)
     exit_code = history[-1].get("exit_code") if history and final is JobState.FAILED else None
+    ended = _metrics(provider, record)  # the mounted output folder holds what it wrote so far
+    due = {RESUBMIT_DUE: False} if record.details.get(RESUBMIT_DUE) else {}
     return provider.store.update_job(
         record.id,
         state=final,
         exit_code=exit_code,
-        merge_details={RESUBMIT_DUE: False} if record.details.get(RESUBMIT_DUE) else None,
+        merge_details={**due, **ended.details} or None,
+        merge_outputs=ended.outputs or None,
         event="cancelled by user" if final is JobState.CANCELLED else None,
     )

@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mlcloud import registry
-from mlcloud.provider import Capability, Provider
+from mlcloud.provider import Capability, CapturedRecords, Provider
 from providers.azureml import errors
 from providers.azureml.settings import AzureMLSettings
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from azure.core.pipeline.transport import HttpTransport
 
     from mlcloud.config import Profile
-    from mlcloud.records import EndpointRecord, JobRecord, Plan
+    from mlcloud.records import EndpointRecord, JobRecord, ModelVersionRecord, Plan
     from mlcloud.specs import Deployment, TrainingJob
     from mlcloud.store import Store
     from providers.azureml.clients import AzureClients
@@ -119,6 +119,11 @@ class AzureMLProvider(Provider[AzureMLSettings]):
 
         return endpoints.status(self, name)
 
+    def _read_capture(self, record: EndpointRecord, since: float, until: float) -> CapturedRecords:
+        from providers.azureml import capture
+
+        return capture.read(self, record, since, until)
+
     def _predict(self, name: str, payload: Any) -> Any:
         from providers.azureml import endpoints
 
@@ -128,3 +133,29 @@ class AzureMLProvider(Provider[AzureMLSettings]):
         from providers.azureml import endpoints
 
         return endpoints.undeploy(self, name)
+
+    def _set_traffic(self, record: EndpointRecord, weights: dict[str, int]) -> EndpointRecord:
+        from providers.azureml import endpoints
+
+        return endpoints.set_traffic(self, record, weights)
+
+    # ---- native model registry (workspace model versions, aliases as tags) ---------------
+    def _plan_register(self, version: ModelVersionRecord) -> Plan[ModelVersionRecord]:
+        from providers.azureml import model_registry
+
+        return model_registry.plan_register(self, version)
+
+    def _register(self, plan: Plan[ModelVersionRecord]) -> dict[str, Any]:
+        from providers.azureml import model_registry
+
+        return model_registry.register(self, plan)
+
+    def _sync_aliases(self, version: ModelVersionRecord, aliases: list[str]) -> list[str]:
+        from providers.azureml import model_registry
+
+        return model_registry.sync_aliases(self, version, aliases)
+
+    def _native_drift(self, version: ModelVersionRecord, aliases: list[str]) -> list[str]:
+        from providers.azureml import model_registry
+
+        return model_registry.native_drift(self, version, aliases)

@@ -200,6 +200,7 @@ def _runtime_entries() -> list[_Entry]:
         _Entry(f"{VENDOR_DIR}/mlcloud/__init__.py", None, init.encode(), False),
         _Entry(f"{VENDOR_DIR}/mlcloud/runtime.py", pkg / "runtime.py", None, False),
         _Entry(f"{VENDOR_DIR}/mlcloud/modeldir.py", pkg / "modeldir.py", None, False),
+        _Entry(f"{VENDOR_DIR}/mlcloud/modelprofile.py", pkg / "modelprofile.py", None, False),
         _Entry(f"{VENDOR_DIR}/mlcloud/errors.py", pkg / "errors.py", None, False),
     ]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlcloud import modeldir
 from mlcloud.errors import Conflict, ModelError, NotFoundLocally, SpecError, UnsupportedFeature
@@ -78,6 +78,33 @@ class LocalDeployContext:
     front: FrontSpec  # started unless ``update`` (then it runs already)
     auth: bool  # the front requires the bearer token
     update: bool  # the name has a front: this plan replaces its servers
+    #: a canary deploy: the new version's weight (percent); the serving version keeps the rest
+    #: and its servers. ``None``: a plain deploy, the new version takes all and the old retire.
+    canary: int | None = None
+
+    @property
+    def version(self) -> str:
+        """The id of the model version this plan starts (the front's ``x-mlcloud-version``)."""
+        return version_id(self.generation)
+
+
+def version_id(generation: int) -> str:
+    return f"v{generation}"
+
+
+def serving_versions(record: EndpointRecord) -> dict[str, dict[str, Any]]:
+    """``details["versions"]`` of a record, each with its servers' ``ports`` and
+    ``generation``; a record from before canaries has its one version made up."""
+    details = record.details
+    versions = details.get("versions")
+    if isinstance(versions, dict) and versions:
+        return {v: dict(info) for v, info in versions.items()}
+    generation = int(details.get("generation") or 0)
+    if not details.get("servers"):
+        return {}
+    ports = [int(s["port"]) for s in details["servers"]]
+    model = {"model": record.model, "sha256": record.model_sha256}
+    return {version_id(generation): {**model, "generation": generation, "ports": ports}}
 
 
 def endpoint_dir(home: Path, name: str) -> Path:
@@ -100,6 +127,7 @@ def plan_deploy(provider: LocalProvider, deployment: Deployment) -> Plan[Deploym
     state_dir = endpoint_dir(provider.store.home, name)
     old = existing(provider, name)
     old_details = old.details if old else {}
+    canary = _canary(deployment, old, provider)
     host, port = _address(deployment, old_details.get("front") or {}, provider)
     if needs_token(host):  # refused here, before anything starts (a missing one is generated)
         token = api_token(provider.store.home, create=False)
@@ -115,16 +143,22 @@ def plan_deploy(provider: LocalProvider, deployment: Deployment) -> Plan[Deploym
         front=front,
         auth=needs_token(host),
         update=bool(old_details.get("front")),
+        canary=canary,
     )
-    steps = _steps(context, state_dir, old_details.get("servers") or [])
+    steps = _steps(context, state_dir, old)
     volatile = tuple(str(p) for p in (port, *(s.port for s in servers)))
     return provider.make_plan("deploy", name, deployment, steps, context=context, volatile=volatile)
 
 
 # ---- the steps, top to bottom ---------------------------------------------------------------
 def _check_supported(deployment: Deployment, where: str) -> None:
-    if deployment.traffic:
-        raise UnsupportedFeature("traffic split", where, hint="drop traffic: one model per name")
+    if deployment.traffic and ("new" not in deployment.traffic or len(deployment.traffic) != 2):
+        raise UnsupportedFeature(
+            f"traffic split {deployment.traffic}",
+            where,
+            hint="a local endpoint splits between the new version and the serving one: "
+            "traffic: {new: 10, previous: 90}",
+        )
     if deployment.min_replicas != deployment.max_replicas:
         raise UnsupportedFeature(
             "autoscaling replicas {min, max}", where, hint="use a fixed replicas count"
@@ -139,6 +173,34 @@ def _check_supported(deployment: Deployment, where: str) -> None:
                 where,
                 hint="this machine lacks those GPUs: drop resources.accelerators",
             )
+
+
+def _canary(
+    deployment: Deployment, old: EndpointRecord | None, provider: LocalProvider
+) -> int | None:
+    """The new version's weight of a canary deploy (``traffic: {new, previous}``), or None."""
+    if not deployment.traffic:
+        return None
+    serving = serving_versions(old) if old and old.details.get("front") else {}
+    if len(serving) != 1:
+        raise provider.origin.error(
+            Conflict,
+            f"endpoint {deployment.name!r} serves {len(serving)} versions; a canary deploy "
+            "needs exactly one serving beside it",
+            hint=(
+                "deploy it without traffic first"
+                if not serving
+                else "finish the rollout first: promote or roll back (set_traffic)"
+            ),
+        )
+    (previous,) = set(deployment.traffic) - {"new"}
+    if previous not in ("previous", *serving):
+        raise SpecError(
+            f"traffic {deployment.traffic}: {previous!r} is not the version serving "
+            f"{deployment.name!r} ({', '.join(serving)})",
+            hint="traffic: {new: 10, previous: 90}",
+        )
+    return int(deployment.traffic["new"])
 
 
 def _model_dir(deployment: Deployment, where: str) -> Path:
@@ -202,6 +264,8 @@ def _servers(
     generation: int,
 ) -> tuple[ServerSpec, ...]:
     home = provider.store.home
+    from providers.local import capture  # it imports this module
+
     servers = []
     for replica in range(deployment.min_replicas):
         role = f"server-g{generation}-{replica}"
@@ -212,6 +276,7 @@ def _servers(
             "BENTOML_HOME": str(home / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",  # no telemetry calls from a local server
             procs.ENV_TAG: procs.tag(home, deployment.name, role),
+            **capture.server_env(deployment, home, version_id(generation)),
         }
         argv = (
             sys.executable, "-m", "bentoml", "serve", SERVICE,
@@ -251,10 +316,9 @@ def _positive_env(deployment: Deployment, name: str, default: int, unit: str) ->
     return value
 
 
-def _steps(
-    ctx: LocalDeployContext, state_dir: Path, old_servers: list[dict[str, object]]
-) -> list[PlanStep]:
-    """Start the servers (and the front, unless it runs), switch the front, stop the old ones."""
+def _steps(ctx: LocalDeployContext, state_dir: Path, old: EndpointRecord | None) -> list[PlanStep]:
+    """Start the servers (and the front, unless it runs), switch the front, stop the old ones
+    (a canary deploy stops none: the old version keeps its share)."""
     steps = [PlanStep("local.Popen", s.request()) for s in ctx.servers]
     if not ctx.update:
         request = ctx.front.request()
@@ -262,11 +326,16 @@ def _steps(
             request["stdin"] = f"bearer token from ${TOKEN_ENV} or $MLCLOUD_HOME/{TOKEN_FILE}"
         steps.append(PlanStep("local.Popen", request))
     upstreams = [http_url("127.0.0.1", s.port) for s in ctx.servers]
-    switch = {
+    switch: dict[str, object] = {
         "file": str(state_dir / UPSTREAMS_FILE),
         "generation": ctx.generation,
         "upstreams": upstreams,
     }
+    old_servers = list(old.details.get("servers") or []) if old else []
+    if ctx.canary is not None and old is not None:
+        (previous,) = serving_versions(old)
+        switch["traffic"] = {previous: 100 - ctx.canary, ctx.version: ctx.canary}
+        old_servers = []
     steps.append(PlanStep("local.SwitchUpstreams", switch))
     if old_servers:
         pids = [s["pid"] for s in old_servers]

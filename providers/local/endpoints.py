@@ -9,6 +9,11 @@ the front is switched to them once they are all ready, the old ones are drained 
 flight through the front) and stopped. If the new servers never become ready they are stopped,
 the old ones keep serving, and the deploy fails with the new servers' log tail.
 
+A canary deploy (``traffic: {new: W, previous: 100-W}``) starts the new servers the same way but
+keeps the old ones: the front routes W percent to the new version and the rest to the serving
+one, each response naming its version (``x-mlcloud-version``). ``set_traffic`` then moves the
+weights and retires a version left out (``endpoint_traffic.py``).
+
 A deploy holds an exclusive lock on the endpoint directory, so two deploys of one name cannot
 interleave. The record is written before any process starts (CREATING / UPDATING), so an
 interrupted deploy still leaves undeploy enough to clean up; undeploy also sweeps processes by
@@ -21,7 +26,6 @@ and how often it was restarted (``details.restarts``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -44,9 +48,7 @@ from mlcloud.records import EndpointRecord, EndpointState, Plan
 from providers.common.payload import predict_body
 from providers.common.waiting import wait_until
 from providers.local import endpoint_procs as procs
-from providers.local.endpoint_heal import current_servers
 from providers.local.endpoint_net import (
-    DRAIN_TIMEOUT,
     TIMEOUT_ENV,
     api_token,
     check_token,
@@ -56,35 +58,25 @@ from providers.local.endpoint_net import (
     token_fingerprint,
 )
 from providers.local.endpoint_plan import (
-    STOP_GRACE,
     LocalDeployContext,
     endpoint_dir,
     existing,
+    serving_versions,
+)
+from providers.local.endpoint_traffic import (
+    FrontIdent,
+    ServerIdent,
+    Split,
+    publish,
+    retire,
+    split_of,
+    wait_switched,
 )
 from providers.local.errors import LocalProcessError, http_error
-from providers.local.front import CONTROL_PATH, FrontState, write_upstreams
 
 if TYPE_CHECKING:
     from mlcloud.specs import Deployment
     from providers.local.provider import LocalProvider
-
-SWITCH_TIMEOUT = 30.0  # seconds for the front to take a new upstream list
-
-
-class ServerIdent(procs.Ident):
-    port: int
-
-
-class _FrontAddress(procs.Ident):
-    host: str
-    port: int
-
-
-class FrontIdent(_FrontAddress, total=False):
-    argv: list[str]  # how to start it again
-    restarts: int
-    failures: int  # consecutive restarts: the backoff's exponent
-    restarted_at: float
 
 
 # ---- deploy ---------------------------------------------------------------------------------
@@ -147,15 +139,28 @@ class _Deploy:
             _wait_servers_ready(self.provider, self.started, self.show)
             # 2. the switch: publish the new upstream list, confirm the front took it
             self.show("switching the front to the new servers")
-            _publish(self.home, self.name, self.ctx.generation, self.started)
-            _wait_switched(self.provider, front, self.ctx.generation, self.token)
+            publish(self.home, self.name, self.ctx.generation, self._split())
+            wait_switched(self.provider, front, self.ctx.generation, self.token)
         except BaseException:
             self._abandon()
             raise
-        # 3. drain and stop the previous generation
+        # 3. drain and stop the previous generation (a canary deploy keeps it serving)
         previous = self._commit(front)
         self._retire(front, previous)
         return self.record
+
+    def _split(self) -> Split:
+        """What the front routes to after the switch: the new version alone, or beside the
+        serving one for a canary deploy."""
+        new: Split = {self.ctx.version: (100, self.started)}
+        if self.ctx.canary is None or self.old is None:
+            return new
+        state_dir = endpoint_dir(self.home, self.name)
+        ((previous, (_, servers)),) = split_of(self.old, state_dir).items()
+        return {
+            previous: (100 - self.ctx.canary, servers),
+            self.ctx.version: (self.ctx.canary, self.started),
+        }
 
     def _begin(self) -> EndpointRecord:
         """The record, written before any process starts (undeploy can always clean up)."""
@@ -197,14 +202,35 @@ class _Deploy:
         self.provider.store.put_endpoint(self.record)
         return self.front
 
-    def _commit(self, front: FrontIdent) -> list[ServerIdent]:
-        """The endpoint serves the new generation: record it READY; returns the old servers."""
+    def _commit(self, front: FrontIdent) -> dict[str, list[ServerIdent]]:
+        """The endpoint serves the new generation: record it READY; returns the versions to
+        retire with their servers (none after a canary deploy)."""
         record, deployment, model_dir = self.record, self.deployment, Path(self.ctx.model_dir)
-        previous = cast(list[ServerIdent], list(record.details.get("servers") or []))
+        digest = modeldir.digest(model_dir)
+        state_dir = endpoint_dir(self.home, self.name)
+        split = split_of(self.old, state_dir) if self.old else {}
+        versions = serving_versions(self.old) if self.old else {}
+        servers = [s for _, ss in split.values() for s in ss]
+        previous = {v: ss for v, (_, ss) in split.items()}
+        if self.ctx.canary is None:
+            versions, servers, traffic = {}, [], {}
+        else:
+            previous, traffic = {}, {v: 100 - self.ctx.canary for v in split}
+        new = self.ctx.version
+        traffic[new] = 100 if self.ctx.canary is None else self.ctx.canary
+        versions[new] = {
+            "model": str(model_dir),
+            "sha256": digest,
+            "generation": self.ctx.generation,
+            "ports": [s["port"] for s in self.started],
+        }
         record.details.update(
             {
                 "generation": self.ctx.generation,
-                "servers": self.started,
+                "servers": servers + self.started,
+                "versions": versions,
+                "traffic": traffic,
+                "newest": new,
                 "front": front,
                 "pending": [],
                 "auth": "token" if self.ctx.auth else "none",
@@ -214,19 +240,16 @@ class _Deploy:
         )
         record.state, record.message = EndpointState.READY, None
         record.url = http_url(front["host"], front["port"])
-        record.model, record.model_sha256 = str(model_dir), modeldir.digest(model_dir)
+        record.model, record.model_sha256 = str(model_dir), digest
         record.source_job = deployment.source_job
         record.spec = deployment.model_dump(mode="json")
         self.provider.store.put_endpoint(record)
         return previous
 
-    def _retire(self, front: FrontIdent, previous: list[ServerIdent]) -> None:
+    def _retire(self, front: FrontIdent, previous: dict[str, list[ServerIdent]]) -> None:
         if previous:
             self.show("draining the previous servers")
-            old_urls = [http_url("127.0.0.1", s["port"]) for s in previous]
-            _drain(self.provider, front, old_urls, self.token)
-            role = f"server-g{self.ctx.generation - 1}-"
-            procs.stop(previous, procs.tag(self.home, self.name, role), grace=STOP_GRACE)
+            retire(self.provider, self.name, front, previous, self.token)
         self.record.details.pop("pending", None)
         self.record = self.provider.store.put_endpoint(self.record)
 
@@ -244,24 +267,13 @@ class _Deploy:
             store.delete_endpoint(record.name, self.provider.name)
             return
         # The front may already list the new servers: point it back at the old ones (as they
-        # run now: the front may have restarted some).
+        # run now: the front may have restarted some), with the split they had.
         state_dir = endpoint_dir(self.home, record.name)
-        old_servers = current_servers(state_dir, old.details.get("servers") or [])
-        _publish(self.home, record.name, generation + 1, old_servers)
+        publish(self.home, record.name, generation + 1, split_of(old, state_dir))
         procs.stop(self.started, new_servers)
         old.details["front"] = record.details.get("front")  # a restarted front stays recorded
         old.message = f"the update to generation {generation} failed; the old model still serves"
         store.put_endpoint(old)
-
-
-def _publish(home: Path, name: str, generation: int, servers: list[ServerIdent]) -> None:
-    """Point the front at ``servers`` (their processes too: its watchdog restarts them)."""
-    urls = [http_url("127.0.0.1", s["port"]) for s in servers]
-    watched = [
-        {"url": url, "pid": s["pid"], "create_time": s.get("create_time"), "log": s.get("log")}
-        for url, s in zip(urls, servers, strict=True)
-    ]
-    write_upstreams(endpoint_dir(home, name), generation, urls, watched)
 
 
 # ---- waiting on the processes ---------------------------------------------------------------
@@ -349,55 +361,6 @@ def _crashed(server: ServerIdent, seen: set[int]) -> str | None:
         return "lost a worker (the model failed to load)"
     seen |= now
     return None
-
-
-def front_state(provider: LocalProvider, front: FrontIdent, token: str | None) -> FrontState | None:
-    """The front's answer on its control path; ``None`` when it did not answer 200."""
-    url = http_url(connect_host(front["host"]), front["port"]) + CONTROL_PATH
-    try:
-        code, body = provider.clients.http.request("GET", url, token=token, timeout=2)
-    except OSError:
-        return None
-    return cast(FrontState, json.loads(body)) if code == 200 else None
-
-
-def _wait_switched(
-    provider: LocalProvider, front: FrontIdent, generation: int, token: str | None
-) -> None:
-    def state() -> FrontState | None:
-        if not procs.alive(front):
-            procs.reap(front)
-            raise provider.origin.error(
-                ProviderError,
-                f"the endpoint front exited; its log ends:\n{procs.log_tail(front['log'])}",
-                code="FrontExited",
-            )
-        return front_state(provider, front, token)
-
-    wait_until(
-        state,
-        lambda s: s is not None and s["generation"] == generation,
-        timeout=SWITCH_TIMEOUT,
-        poll=0.05,
-        what="the endpoint front to take the new servers",
-        origin=provider.origin,
-    )
-
-
-def _drain(
-    provider: LocalProvider, front: FrontIdent, old_urls: list[str], token: str | None
-) -> None:
-    """Wait until no request through the front is in flight to the old servers (at most
-    ``DRAIN_TIMEOUT``; after that they are stopped regardless)."""
-    with contextlib.suppress(Transient):
-        wait_until(
-            lambda: front_state(provider, front, token),
-            lambda s: s is None or not any(u in s["inflight"] for u in old_urls),
-            timeout=DRAIN_TIMEOUT,
-            poll=0.05,
-            what="the old servers to drain",
-            origin=provider.origin,
-        )
 
 
 # ---- status / predict / undeploy ------------------------------------------------------------

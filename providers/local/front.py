@@ -7,16 +7,19 @@ servers behind it come and go on private 127.0.0.1 ports.
 Design (the simplest one that is sound):
 
 * The upstream list lives in ``<state dir>/upstreams.json`` (``{"generation": n, "upstreams":
-  [url, ...], "servers": [{url, pid, create_time, log}, ...]}``). The deployer replaces it
-  atomically (write + ``os.replace``); the front re-reads it whenever its ``stat`` changes,
-  checked on every request (a few microseconds). No control port exists, so there is nothing
-  extra to secure.
+  [url, ...], "servers": [{url, pid, create_time, log}, ...], "versions": {id: {weight,
+  upstreams}}}``, ``front_upstreams.py``). The deployer replaces it atomically (write +
+  ``os.replace``); the front re-reads it whenever its ``stat`` changes, looked at every 50 ms
+  from the request path and at once on the control path. No control port exists, so there is
+  nothing extra to secure.
 * ``GET /-/mlcloud/front`` reloads the file and answers the generation in force, the number
   of requests in flight per upstream and the connection counts. The deployer uses it to confirm
   a switch and then to wait until the old servers have drained before stopping them.
-* Requests go round-robin over the current upstreams that are up. A request that could not
-  reach its upstream (connection refused/reset before a response) is retried on the current
-  list: model predictions are pure, so a retry is safe, and it covers a backend that died or was
+* Requests go to the model versions by weight (a canary's share, exactly), round-robin over a
+  version's servers that are up; each response carries ``x-mlcloud-version``, and
+  ``GET /-/stats`` answers per-version counts and latencies (``front_stats.py``). A request
+  that could not reach its upstream (connection refused/reset before a response) is retried:
+  model predictions are pure, so a retry is safe, and it covers a backend that died or was
   stopped.
 * Pooled keep-alive connections expire before the backends' own idle timeout, so the front never
   reuses a connection the backend is closing.
@@ -34,26 +37,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import itertools
-import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
+from providers.local import front_client
 from providers.local.front_conn import BACKLOG, Connections, Limits
+from providers.local.front_stats import Stats
+from providers.local.front_upstreams import UPSTREAMS_FILE, Upstreams, write_upstreams
 
 if TYPE_CHECKING:  # aiohttp is imported where the proxy runs, not by the deployer
-    from aiohttp import web
+    from aiohttp import ClientSession, web
     from aiohttp.typedefs import Handler, Middleware
+    from multidict import CIMultiDict
 
     from providers.local.front_watch import Watchdog
 
-UPSTREAMS_FILE = "upstreams.json"
+__all__ = [
+    "CONTROL_PATH",
+    "STATS_PATH",
+    "UPSTREAMS_FILE",
+    "Upstreams",
+    "make_app",
+    "write_upstreams",
+]
+
 CONTROL_PATH = "/-/mlcloud/front"
+STATS_PATH = "/-/stats"
+VERSION_HEADER = "x-mlcloud-version"
 # Hop-by-hop headers (RFC 9110 §7.6.1) and ones the proxy recomputes.
 _DROP = frozenset(
     {
@@ -70,70 +86,10 @@ _DROP = frozenset(
         "authorization",
     }
 )
+#: not forwarded upstream either: the front sends the whole body at once (no 100-continue)
+_DROP_UP = _DROP | {"expect"}
 _ATTEMPTS = 4
 log = logging.getLogger("mlcloud.front")
-
-
-def write_upstreams(
-    state_dir: Path,
-    generation: int,
-    upstreams: list[str],
-    servers: list[dict[str, Any]] | None = None,
-) -> None:
-    """Atomically publish a new upstream list (used by the deployer). ``servers``: the processes
-    behind the URLs (``url``, ``pid``, ``create_time``, ``log``), which the front's watchdog
-    restarts if they die."""
-    target = state_dir / UPSTREAMS_FILE
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    data = {"generation": generation, "upstreams": upstreams, "servers": servers or []}
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, target)
-
-
-class Upstreams:
-    """The current upstream list, reloaded from the state file when it changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.generation = -1
-        self.urls: list[str] = []
-        self.servers: list[dict[str, Any]] = []
-        self.down: set[str] = set()  # being restarted by the watchdog: sent nothing
-        self.inflight: dict[str, int] = {}
-        self.on_switch: Callable[[], None] | None = None  # the watchdog adopts the new servers
-        self._stamp: tuple[int, int] | None = None
-        self._rr = itertools.count()
-
-    def reload(self) -> None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return
-        stamp = (st.st_ino, st.st_mtime_ns)
-        if stamp == self._stamp:
-            return
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return  # a torn read cannot happen with os.replace; keep the old list regardless
-        self._stamp = stamp
-        urls = [str(u) for u in data.get("upstreams", [])]
-        if urls and int(data.get("generation", 0)) != self.generation:
-            log.info("switching to generation %s: %s", data.get("generation"), urls)
-            self.generation = int(data["generation"])
-            self.urls = urls
-            self.servers = [s for s in data.get("servers") or [] if isinstance(s, dict)]
-            self.down = set()
-            if self.on_switch is not None:
-                self.on_switch()
-
-    def pick(self) -> str | None:
-        """The next upstream that is up; ``None`` if there is none."""
-        self.reload()
-        urls = [u for u in self.urls if u not in self.down] if self.down else self.urls
-        if not urls:
-            return None
-        return urls[next(self._rr) % len(urls)]
 
 
 class FrontState(TypedDict):
@@ -142,6 +98,7 @@ class FrontState(TypedDict):
     pid: int
     generation: int
     upstreams: list[str]
+    versions: dict[str, int]  # version id -> weight (percent)
     inflight: dict[str, int]  # requests in flight per upstream (only those with some)
     down: list[str]  # upstreams being restarted
     connections: dict[str, int]  # open, cap, per phase, and counts since start
@@ -154,18 +111,20 @@ def make_app(
     conns: Connections | None = None,
     watchdog: Watchdog | None = None,
 ) -> web.Application:
-    """The front: bearer-token check, the control path, and the proxy for everything else."""
+    """The front: bearer-token check, the control and stats paths, and the proxy for the rest."""
     from aiohttp import web
 
     conns = conns or Connections(Limits())
     upstreams = watchdog.upstreams if watchdog else Upstreams(state_dir / UPSTREAMS_FILE)
+    stats = Stats()
     app = web.Application(client_max_size=max_body)
     _pooled_client(app)
     app.middlewares.append(_phases(conns))
     if token:
         app.middlewares.append(_bearer_auth(token))
     app.router.add_get(CONTROL_PATH, _control(upstreams, conns))
-    proxy = _proxy(upstreams, conns, max_body, watchdog.poke if watchdog else None)
+    app.router.add_get(STATS_PATH, _stats(upstreams, stats))
+    proxy = _proxy(upstreams, conns, stats, max_body, watchdog.poke if watchdog else None)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 
@@ -178,7 +137,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 def _pooled_client(app: web.Application) -> None:
     """One pooled client session for the app's life, to reach the upstreams."""
-    from aiohttp import ClientSession, ClientTimeout, TCPConnector
+    from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector
 
     async def on_startup(app: web.Application) -> None:
         # keepalive below uvicorn's 5 s idle timeout: never reuse a connection being closed.
@@ -187,10 +146,18 @@ def _pooled_client(app: web.Application) -> None:
             connector=connector,
             timeout=ClientTimeout(total=None, sock_connect=5),
             auto_decompress=False,
+            cookie_jar=DummyCookieJar(),  # a proxy keeps no cookies (and skips the jar's work)
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # the caller's
         )
+
+        # MLCLOUD_FRONT_CLIENT=aiohttp: aiohttp's client for every request (A/B benchmarks)
+        lean = front_client.available() and os.environ.get("MLCLOUD_FRONT_CLIENT") != "aiohttp"
+        app["upstream"] = front_client.UpstreamClient() if lean else None
 
     async def on_cleanup(app: web.Application) -> None:
         await app["client"].close()
+        if app["upstream"] is not None:
+            app["upstream"].close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
@@ -248,6 +215,7 @@ def _control(
             "pid": os.getpid(),
             "generation": upstreams.generation,
             "upstreams": upstreams.urls,
+            "versions": dict(upstreams.weights),
             "inflight": {u: n for u, n in upstreams.inflight.items() if n},
             "down": sorted(upstreams.down),
             "connections": conns.snapshot(),
@@ -257,55 +225,69 @@ def _control(
     return control
 
 
+def _stats(upstreams: Upstreams, stats: Stats) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Per-version counters (``front_stats.py``): what a rollout judges a canary by."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        upstreams.reload()
+        data = stats.snapshot(upstreams.versions, upstreams.weights)
+        data["generation"] = upstreams.generation
+        return web.json_response(data)
+
+    return answer
+
+
 def _proxy(
     upstreams: Upstreams,
     conns: Connections,
+    stats: Stats,
     max_body: int,
     poke: Callable[[], None] | None,
 ) -> Handler:
-    """Round-robin over the current upstreams; a request that reached no upstream (nothing came
-    back) is retried on the current list, up to ``_ATTEMPTS`` times."""
-    from aiohttp import ClientError, ClientSession, web
+    """Route by weight between versions, round-robin within one (``front_upstreams.py``); a
+    request that reached no upstream (nothing came back) is retried, up to ``_ATTEMPTS`` times.
+    Every proxied response says which version answered (``x-mlcloud-version``)."""
+    from aiohttp import ClientError, web
 
     body_timeout = conns.limits.body_timeout
+    clock = time.perf_counter
 
     async def proxy(request: web.Request) -> web.StreamResponse:
-        try:
-            async with asyncio.timeout(body_timeout):
-                body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"request body is larger than the limit of {max_body} bytes")
-        except TimeoutError:
-            message = f"the request body was not complete within {body_timeout:.0f}s"
-            return _error(408, message, {"Connection": "close"})
+        body = await _read_body(request, max_body, body_timeout)
+        if isinstance(body, web.Response):
+            return body
         conn = conns.of(request.protocol)
         if conn is not None:
             conn.body_done()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_UP}
         session: ClientSession = request.app["client"]
+        lean: front_client.UpstreamClient | None = request.app["upstream"]
+        target = request.rel_url.raw_path_qs
         last_error = "no upstream is configured yet"
         for attempt in range(_ATTEMPTS):
-            url = upstreams.pick()
-            if url is None:
+            chosen = upstreams.route()
+            if chosen is None:
                 break
+            url, version = chosen
             upstreams.inflight[url] = upstreams.inflight.get(url, 0) + 1
+            started = clock()
             try:
-                async with session.request(
-                    request.method, url + request.rel_url.raw_path_qs, headers=headers, data=body
-                ) as resp:
-                    payload = await resp.read()
-                    out = web.Response(status=resp.status, body=payload)
-                    for k, v in resp.headers.items():
-                        if k.lower() not in _DROP:
-                            out.headers.add(k, v)
-                    return out
+                status, out_headers, payload = await _send(
+                    lean, session, request.method, url, target, headers, body
+                )
+                stats.of(url).record(status, (clock() - started) * 1e3)
+                out_headers[VERSION_HEADER] = version
+                return web.Response(status=status, body=payload, headers=out_headers)
             except (TimeoutError, ClientError, OSError) as exc:
                 # Nothing came back: the backend is gone or going; try the current list again.
+                stats.of(url).unreachable += 1
                 last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("attempt %d to %s failed: %s", attempt + 1, url, last_error)
                 if poke is not None:
                     poke()
                 await asyncio.sleep(0.05 * (attempt + 1))
+                upstreams.reload()
             finally:
                 upstreams.inflight[url] -= 1
         if upstreams.urls and upstreams.down:
@@ -314,6 +296,45 @@ def _proxy(
         return _error(502, f"no backend of this endpoint answered ({last_error})")
 
     return proxy
+
+
+async def _read_body(request: web.Request, max_body: int, timeout: float) -> bytes | web.Response:
+    """The whole request body, or the error response to answer instead (413, 408)."""
+    from aiohttp import web
+
+    try:
+        if request.content.is_eof():  # the usual small body came with the head: no timer
+            return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"request body is larger than the limit of {max_body} bytes")
+    except TimeoutError:
+        message = f"the request body was not complete within {timeout:.0f}s"
+        return _error(408, message, {"Connection": "close"})
+
+
+async def _send(
+    lean: front_client.UpstreamClient | None,
+    session: ClientSession,
+    method: str,
+    url: str,
+    target: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> tuple[int, CIMultiDict[str], bytes]:
+    """One attempt at one upstream: (status, the headers to answer with, body). The lean
+    client (``front_client.py``) unless there is none, or for HEAD (a response without the
+    body its headers announce)."""
+    from multidict import CIMultiDict
+
+    if lean is not None and method != "HEAD":
+        status, raw, payload = await lean.request(url, method, target, headers.items(), body)
+        return status, CIMultiDict(front_client.header_pairs(raw, _DROP)), payload
+    async with session.request(method, url + target, headers=headers, data=body) as resp:
+        payload = await resp.read()
+        kept = CIMultiDict((k, v) for k, v in resp.headers.items() if k.lower() not in _DROP)
+        return resp.status, kept, payload
 
 
 # ---- the process --------------------------------------------------------------------------
@@ -353,7 +374,21 @@ def main(argv: list[str] | None = None) -> None:
         except TokenError as exc:
             sys.exit(f"front: {exc}")
     limits = Limits(args.max_connections, args.idle_timeout, args.header_timeout, args.body_timeout)
+    _event_loop_policy()
     asyncio.run(_serve(args.host, args.port, args.state_dir, token, args.max_body, limits))
+
+
+def _event_loop_policy() -> None:
+    """uvloop when installed (BentoML's uvicorn brings it): the proxy's per-request cost is
+    mostly the event loop's, and uvloop's is a fraction of asyncio's.
+    ``MLCLOUD_FRONT_LOOP=asyncio``: the standard loop (A/B benchmarks)."""
+    if os.environ.get("MLCLOUD_FRONT_LOOP") == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def _serve(

@@ -32,7 +32,7 @@ import json
 import logging
 import resource
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
@@ -152,7 +152,8 @@ class Guarded(asyncio.Protocol):
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         if not self.conns.admit(self):
             # Every slot has a request in flight: say so at once, never queue the client.

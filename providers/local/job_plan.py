@@ -85,7 +85,7 @@ def plan_job(provider: LocalProvider, job: TrainingJob) -> Plan[TrainingJob]:
     env = {
         **_contract_env(provider, job, job_id, home),
         **_input_env(job, provider.where),
-        ENV_STATE_DB: str(provider.store.path),
+        ENV_STATE_DB: provider.store.locator,
     }
     _, env_from, hidden = _split_env(job, provider.where)
     nodes_here = conf.nodes_here or (1 if conf.rdzv_endpoint else job.max_nodes)

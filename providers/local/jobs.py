@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 from mlcloud import runtime, sensitive
 from mlcloud.errors import SpecError, Transient
 from mlcloud.records import JobRecord, JobState, Plan
+from providers.common import metrics
 from providers.common.waiting import follow_logs, wait_until
 from providers.local import procs, supervisor
 from providers.local.job_plan import LocalJobContext, job_dir
@@ -102,7 +103,7 @@ def _supervisor_spec(
     home = Path(ctx.job_dir)
     return {
         "job_id": plan.id,
-        "state_db": str(provider.store.path),
+        "state_db": provider.store.locator,
         "steps": [
             {
                 "argv": list(r["argv"]),
@@ -176,7 +177,10 @@ def _clean_up(provider: LocalProvider, record: JobRecord) -> JobRecord:
             f"its supervisor (pid {(sup or {}).get('pid')}) died{left}; see supervisor.log in "
             "the job dir"
         )
-    return provider.store.update_job(record.id, state=JobState.FAILED, message=message)
+    collected = metrics.gather_dir(record.outputs.get("output_dir"))
+    return provider.store.update_job(
+        record.id, state=JobState.FAILED, message=message, **collected.update
+    )
 
 
 def logs(provider: LocalProvider, record: JobRecord, follow: bool) -> Iterator[str]:
@@ -241,4 +245,7 @@ def cancel(provider: LocalProvider, record: JobRecord) -> JobRecord:
         except Transient:
             pass  # it did not answer: below
     procs.kill_job_processes(record.id, grace=grace)
-    return provider.store.update_job(record.id, state=JobState.CANCELLED, message="cancelled")
+    collected = metrics.gather_dir(record.outputs.get("output_dir"))
+    return provider.store.update_job(
+        record.id, state=JobState.CANCELLED, message="cancelled", **collected.update
+    )

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from mlcloud.provider import Capability, Provider
+from mlcloud.provider import Capability, CapturedRecords, Provider
 from mlcloud.records import EndpointRecord, JobRecord, Plan
 from providers.local import errors
 from providers.local.settings import LocalSettings
@@ -33,6 +33,7 @@ class LocalProvider(Provider[LocalSettings]):
             Capability.RESTARTS,
             Capability.LOGS,
             Capability.ENDPOINTS,
+            Capability.TRAFFIC_SPLIT,  # the front's weights between model versions
         }
     )
     settings_model = LocalSettings
@@ -105,6 +106,23 @@ class LocalProvider(Provider[LocalSettings]):
         from providers.local import endpoints
 
         return endpoints.undeploy(self, name)
+
+    def _set_traffic(self, record: EndpointRecord, weights: dict[str, int]) -> EndpointRecord:
+        from providers.local import endpoint_traffic
+
+        return endpoint_traffic.set_traffic(self, record, weights)
+
+    def _read_capture(self, record: EndpointRecord, since: float, until: float) -> CapturedRecords:
+        from providers.local import capture
+
+        return capture.read(self, record, since, until)
+
+    def version_stats(self, name: str) -> dict[str, Any]:
+        """The front's per-version counters (what a rollout judges a canary by)."""
+        from providers.local import endpoint_traffic
+
+        with self.mapped():
+            return endpoint_traffic.version_stats(self, name)
 
     def list_endpoints(self) -> list[EndpointRecord]:
         """Each with its processes checked: a local endpoint has no backend to ask."""

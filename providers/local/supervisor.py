@@ -99,7 +99,7 @@ class Supervisor:
         if self._store is None:
             from mlcloud.store import Store
 
-            self._store = Store(Path(self.spec["state_db"]))
+            self._store = Store.at(self.spec["state_db"])
         return self._store
 
     def record(self, state: str | None = None, **fields: Any) -> JobRecord:
@@ -109,9 +109,20 @@ class Supervisor:
 
         if state and JobState(state).terminal:
             self._stop_rdzv()
+            fields = self._with_metrics(fields)
         return self.store.update_job(
             self.job_id, state=JobState(state) if state else None, **fields
         )
+
+    def _with_metrics(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` plus what the job logged (runtime.log_metrics → metrics.json), recorded
+        in the same update as the end: whoever sees the job finished sees its metrics."""
+        from providers.common import metrics
+
+        collected = metrics.gather_dir(self.spec["steps"][0]["env"].get("MLCLOUD_OUTPUT_DIR"))
+        outputs = {**(fields.get("merge_outputs") or {}), **collected.outputs}
+        details = {**(fields.get("merge_details") or {}), **collected.details}
+        return {**fields, "merge_outputs": outputs or None, "merge_details": details or None}
 
     def log(self, out: BinaryIO, text: str) -> None:
         out.write(f"[mlcloud] {text}\n".encode())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 
 def main(argv: list[str]) -> None:
@@ -26,7 +25,7 @@ def main(argv: list[str]) -> None:
         # Each rendezvous round has its own MASTER_PORT; agents count restarts differently, so
         # the round, not TORCHELASTIC_RESTART_COUNT, identifies an attempt.
         round_id = os.environ.get("MASTER_PORT", "")
-        store = Store(Path(db))
+        store = Store.at(db)
         job = store.get_job(job_id)
         if job.details.get("round") != round_id:
             attempt = job.attempts + 1 if "round" in job.details else max(job.attempts, 1)

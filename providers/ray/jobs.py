@@ -36,6 +36,7 @@ from mlcloud.errors import (
 )
 from mlcloud.records import JobRecord, JobState
 from mlcloud.specs import TrainingJob
+from providers.common import metrics
 from providers.common.waiting import wait_until
 from providers.ray import job_plan
 from providers.ray.cluster import user_processes
@@ -226,7 +227,8 @@ def first_request(provider: RayProvider, record: JobRecord) -> dict[str, Any]:
 # ---- status: a read ----------------------------------------------------------------------------
 def status(provider: RayProvider, record: JobRecord) -> JobRecord:
     """Refresh from the Jobs API. A failed attempt with restarts left is recorded as due for
-    re-submission (``advance``), never re-submitted here."""
+    re-submission (``advance``), never re-submitted here. The update that records the end also
+    records the job's metrics.json (``_metrics``)."""
     if record.native_id is None or record.details.get(RESUBMIT_DUE):
         return record
     info = provider.clients.jobs.get_job_info(record.native_id)
@@ -239,11 +241,13 @@ def status(provider: RayProvider, record: JobRecord) -> JobRecord:
         if state.terminal:
             history[-1]["message"] = message
     if state is not JobState.FAILED:
+        ended = _metrics(provider, record) if state.terminal else _NONE
         return provider.store.update_job(
             record.id,
             state=state,
             message=message if state.terminal else None,
-            merge_details={"attempts": history},
+            merge_details={"attempts": history, **ended.details},
+            merge_outputs=ended.outputs or None,
         )
     if record.attempts <= int(record.details.get("restarts", 0)):
         return provider.store.update_job(
@@ -254,14 +258,27 @@ def status(provider: RayProvider, record: JobRecord) -> JobRecord:
             event=f"attempt {record.attempts} ({record.native_id}) failed; attempt "
             f"{record.attempts + 1} of {int(record.details['restarts']) + 1} is due",
         )
+    ended = _metrics(provider, record)
     return provider.store.update_job(
         record.id,
         state=JobState.FAILED,
         exit_code=info.driver_exit_code,
         message=message,
-        merge_details={"attempts": history},
+        merge_details={"attempts": history, **ended.details},
+        merge_outputs=ended.outputs or None,
         event=f"attempt {record.attempts} failed",
     )
+
+
+_NONE = metrics.Collected({}, {})
+
+
+def _metrics(provider: RayProvider, record: JobRecord) -> metrics.Collected:
+    """The job's metrics.json from its output dir, when that is readable here (the cluster
+    mlcloud starts, one on this machine, a shared filesystem); a remote node's path is not."""
+    folder = record.outputs.get("output_dir")
+    readable = provider.settings.local or (folder and Path(folder).is_dir())
+    return metrics.gather_dir(folder) if readable and metrics.due(record) else _NONE
 
 
 def _message(info: JobDetails) -> str | None:
@@ -346,12 +363,14 @@ def cancel(provider: RayProvider, record: JobRecord, why: str = "cancelled by us
     killed = _kill_leftovers(record.id)
     exit_code = info.driver_exit_code if state is JobState.FAILED else None
     note = f"; {killed} leftover process(es) killed" if killed else ""
+    ended = _metrics(provider, record)
     return provider.store.update_job(
         record.id,
         state=state,
         exit_code=exit_code,
         message=f"{why}{note}" if state is JobState.CANCELLED else None,
         event=why if state is JobState.CANCELLED else None,
+        **ended.update,
     )
 
 

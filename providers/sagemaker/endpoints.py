@@ -1,6 +1,11 @@
 """Real-time endpoints: deploy a plan (CreateModel/CreateEndpointConfig, then CreateEndpoint or a
-blue/green UpdateEndpoint, Application Auto Scaling target tracking), InvokeEndpoint, and clean
-removal. Planning is ``endpoint_plan.py``; this module has the side effects.
+blue/green UpdateEndpoint, Application Auto Scaling target tracking), InvokeEndpoint, traffic
+splits between variants (``set_traffic``), and clean removal. Planning is ``endpoint_plan.py``;
+this module has the side effects.
+
+Retries: botocore's standard retry mode is the only retry owner here. Every write is safe to
+repeat: creates are content-named ("already exists" is success), UpdateEndpoint and
+UpdateEndpointWeightsAndCapacities set absolute states, deletes of what is gone are no-ops.
 
 Every function runs inside the provider's error mapping; where an outcome decides what happens
 next (``NotFound``: already gone; ``Conflict``: already exists) the SDK call is wrapped in
@@ -17,9 +22,15 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from mlcloud.errors import Conflict, NotFound, NotFoundLocally, ProviderError, SpecError
 from mlcloud.records import EndpointRecord, EndpointState, Plan
 from mlcloud.specs import Deployment
+from providers.common.traffic import percentages, record_split, version_of
 from providers.common.waiting import wait_until
 from providers.sagemaker import s3, states
-from providers.sagemaker.endpoint_plan import DIMENSION, EndpointContext, resource_id
+from providers.sagemaker.endpoint_plan import (
+    DIMENSION,
+    EndpointContext,
+    TrafficContext,
+    plan_traffic,
+)
 
 if TYPE_CHECKING:
     from providers.sagemaker.provider import SageMakerProvider
@@ -39,6 +50,7 @@ class EndpointDescription(TypedDict, total=False):
     EndpointConfigName: str
     EndpointStatus: str
     FailureReason: str
+    ProductionVariants: list[dict[str, Any]]
 
 
 Steps = Mapping[str, Mapping[str, Any]]  # plan step call -> its request
@@ -67,11 +79,28 @@ def deploy(provider: SageMakerProvider, plan: Plan[Deployment]) -> EndpointRecor
         aas = provider.clients.autoscaling
         aas.register_scalable_target(**steps["application-autoscaling.RegisterScalableTarget"])
         aas.put_scaling_policy(**steps["application-autoscaling.PutScalingPolicy"])
-    if old_config:
-        _delete_config_and_models(provider, old_config, keep_model=ctx.model_name)
+    _clean_up(provider, plan, old_config)
     if new_model and "sagemaker.CreateModelPackage" in steps:
         _register(provider, plan, steps)
     return provider.store.put_endpoint(_record(provider, plan, EndpointState.READY, desc, None))
+
+
+def _clean_up(provider: SageMakerProvider, plan: Plan[Deployment], old_config: str | None) -> None:
+    """The planned removal of the config the switch replaced and of the models no variant
+    serves any more; and of the config AWS actually served, when the store knew another."""
+    sm = provider.clients.sagemaker
+    deletes = {
+        "sagemaker.DeleteEndpointConfig": sm.delete_endpoint_config,
+        "sagemaker.DeleteModel": sm.delete_model,
+    }
+    planned = None
+    for step in plan.steps:
+        if step.call in deletes:
+            _ignore_missing(provider, partial(deletes[step.call], **step.request))
+            planned = step.request.get("EndpointConfigName") or planned
+    if old_config and old_config != planned:
+        keep = {str(v["ModelName"]) for v in plan.context_as(EndpointContext).variants}
+        _delete_config_and_models(provider, old_config, keep_models=keep)
 
 
 def _create_or_switch(
@@ -137,18 +166,29 @@ def _record(
 ) -> EndpointRecord:
     ctx = plan.context_as(EndpointContext)
     dep = plan.spec
-    details: dict[str, str | None] = {
+    details: dict[str, Any] = {
         "endpoint_config": ctx.config_name,
         "model_name": ctx.model_name,
         "model_url": ctx.model_url,
         "instance_type": ctx.instance_type,
         "region": ctx.region,
+        "variants": {
+            str(v["VariantName"]): {k: x for k, x in v.items() if k != "InitialVariantWeight"}
+            for v in ctx.variants
+        },
     }
     if old_config:
         details["previous_config"] = old_config
     if desc:
         details["status"] = desc.get("EndpointStatus")
-    return EndpointRecord(
+    known = _stored_or_none(provider, dep.name)
+    versions = dict((known.details.get("versions") or {}) if known else {})
+    for v in ctx.variants:
+        versions.setdefault(str(v["VariantName"]), version_of(known))
+    versions[ctx.variant] = {"model": dep.model, "sha256": ctx.sha256}
+    planned = {str(v["VariantName"]): float(v["InitialVariantWeight"]) for v in ctx.variants}
+    traffic = _traffic_of(desc) if desc else percentages(planned)
+    record = EndpointRecord(
         name=dep.name,
         provider=provider.name,
         type=provider.type,
@@ -160,6 +200,16 @@ def _record(
         native_id=(desc or {}).get("EndpointArn"),
         details=details,
         spec=dep.model_dump(mode="json"),
+    )
+    return record_split(record, traffic, versions, newest=ctx.variant)
+
+
+def _traffic_of(desc: EndpointDescription) -> dict[str, int]:
+    """The split in force: each variant's current weight, as percents."""
+    variants = desc.get("ProductionVariants") or []
+    # moto leaves CurrentWeight out of a variant created at weight 0
+    return percentages(
+        {str(v["VariantName"]): float(v.get("CurrentWeight", 0.0)) for v in variants}
     )
 
 
@@ -216,7 +266,48 @@ def status(provider: SageMakerProvider, name: str) -> EndpointRecord:
     record.native_id = desc.get("EndpointArn")
     record.message = desc.get("FailureReason")
     record.details = {**record.details, "status": desc.get("EndpointStatus")}
+    if desc.get("ProductionVariants"):
+        traffic = _traffic_of(desc)
+        variants = record.details.get("variants") or {}
+        record.details["variants"] = {v: x for v, x in variants.items() if v in traffic}
+        record_split(record, traffic, record.details.get("versions") or {})
     return provider.store.put_endpoint(record)
+
+
+# ---- traffic between variants ----------------------------------------------------------------
+def set_traffic(
+    provider: SageMakerProvider, record: EndpointRecord, weights: dict[str, int]
+) -> EndpointRecord:
+    """Send ``plan_traffic``'s steps in order, waiting for InService after the switch (and
+    before it: SageMaker refuses to update an endpoint that is updating)."""
+    plan = plan_traffic(provider, record, weights)
+    ctx = plan.context_as(TrafficContext)
+    sm = provider.clients.sagemaker
+    desc = _wait_in_service(provider, record.name)
+    for variant in ctx.retired:  # AWS refuses to drop a variant that still has a scaling target
+        _deregister_scaling(provider, record.name, variant)
+    for step in plan.steps:
+        request = dict(step.request)
+        operation = step.call.removeprefix("sagemaker.")
+        if operation == "CreateEndpointConfig":
+            _create_if_absent(provider, partial(sm.create_endpoint_config, **request))
+        elif operation in ("DeleteEndpointConfig", "DeleteModel"):
+            _ignore_missing(provider, partial(getattr(sm, _snake(operation)), **request))
+        else:  # UpdateEndpoint / UpdateEndpointWeightsAndCapacities: absolute, repeatable
+            getattr(sm, _snake(operation))(**request)
+            desc = _wait_in_service(provider, record.name)
+    variants = record.details.get("variants") or {}
+    record.details["variants"] = {v: variants[v] for v in weights if v in variants}
+    if plan.steps[0].call == "sagemaker.CreateEndpointConfig":
+        record.details["endpoint_config"] = plan.steps[0].request["EndpointConfigName"]
+    record.state = states.endpoint_state(desc.get("EndpointStatus"))
+    record_split(record, _traffic_of(desc), record.details.get("versions") or {})
+    return provider.store.put_endpoint(record)
+
+
+def _snake(operation: str) -> str:
+    """boto3's method name of an operation: ``UpdateEndpoint`` → ``update_endpoint``."""
+    return "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")
 
 
 def predict(provider: SageMakerProvider, name: str, payload: object) -> object:
@@ -267,7 +358,7 @@ def undeploy(provider: SageMakerProvider, name: str) -> EndpointRecord | None:
     if desc is not None:
         _ignore_missing(provider, lambda: sm.delete_endpoint(EndpointName=name))
     for config in _configs_of(desc, record):
-        _delete_config_and_models(provider, config, keep_model=None)
+        _delete_config_and_models(provider, config, keep_models=set())
     model = record.details.get("model_name") if record is not None else None
     if model:
         _ignore_missing(provider, lambda: sm.delete_model(ModelName=model))
@@ -293,7 +384,7 @@ def _configs_of(desc: EndpointDescription | None, record: EndpointRecord | None)
 
 
 def _delete_config_and_models(
-    provider: SageMakerProvider, config: str, keep_model: str | None
+    provider: SageMakerProvider, config: str, keep_models: set[str]
 ) -> None:
     sm = provider.clients.sagemaker
     models: list[str] = []
@@ -305,19 +396,22 @@ def _delete_config_and_models(
         pass
     _ignore_missing(provider, lambda: sm.delete_endpoint_config(EndpointConfigName=config))
     for model in models:
-        if model != keep_model:
+        if model not in keep_models:
             _ignore_missing(provider, partial(sm.delete_model, ModelName=model))
 
 
-def _deregister_scaling(provider: SageMakerProvider, name: str) -> None:
+def _deregister_scaling(provider: SageMakerProvider, name: str, variant: str = "") -> None:
+    """Remove the scaling targets of the endpoint's variants (of one, when ``variant``)."""
     aas = provider.clients.autoscaling
     target = {"ServiceNamespace": "sagemaker", "ScalableDimension": DIMENSION}
-    found = aas.describe_scalable_targets(ResourceIds=[resource_id(name)], **target)
-    if found.get("ScalableTargets"):
-        _ignore_missing(
-            provider,
-            lambda: aas.deregister_scalable_target(ResourceId=resource_id(name), **target),
-        )
+    prefix = f"endpoint/{name}/variant/{variant}"
+    pages = aas.get_paginator("describe_scalable_targets").paginate(**target)
+    found = [t["ResourceId"] for page in pages for t in page.get("ScalableTargets") or []]
+    for rid in found:
+        if rid == prefix or (not variant and rid.startswith(prefix)):
+            _ignore_missing(
+                provider, partial(aas.deregister_scalable_target, ResourceId=rid, **target)
+            )
 
 
 # ---- small helpers ---------------------------------------------------------------------------

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlcloud.errors import Conflict, NotFound, ProviderError, Transient
 from mlcloud.records import JobRecord, JobState, Plan
+from mlcloud.runtime import METRICS_FILE
 from mlcloud.specs import TrainingJob
+from providers.common import metrics
 from providers.common.waiting import follow_logs
 from providers.sagemaker import s3, states
 from providers.sagemaker.job_plan import JobContext
@@ -137,19 +139,42 @@ def _apply(
         outputs["model_dir"] = artifact
     transitions = desc.get("SecondaryStatusTransitions") or []
     restarts = sum(1 for t in transitions if t.get("Status") in ("Interrupted", "Restarting"))
+    # a stopping job's output is not uploaded yet: its metrics are not looked for
+    ended = state.terminal and desc.get("TrainingJobStatus") != "Stopping"
+    collected = _metrics(provider, desc) if ended and metrics.due(record) else None
     return provider.store.update_job(
         record.id,
         state=state,
         exit_code=states.exit_code(desc),
         message=states.job_message(desc),
         attempts=1 + restarts,
-        merge_outputs=outputs or None,
+        merge_outputs={**outputs, **(collected.outputs if collected else {})} or None,
         merge_details={
             "status": desc.get("TrainingJobStatus"),
             "secondary_status": desc.get("SecondaryStatus"),
             "billable_seconds": desc.get("BillableTimeInSeconds"),
+            **(collected.details if collected else {}),
         },
     )
+
+
+def _metrics(provider: SageMakerProvider, desc: TrainingJobDescription) -> metrics.Collected:
+    """metrics.json from ``output.tar.gz``, where SageMaker uploads /opt/ml/output/data (the
+    job's MLCLOUD_OUTPUT_DIR) when the job ends; streamed, never written to disk."""
+    output = cast(dict[str, Any], desc).get("OutputDataConfig") or {}
+    base = str(output.get("S3OutputPath", "")).rstrip("/")
+    uri = f"{base}/{desc['TrainingJobName']}/output/output.tar.gz"
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+
+    def read() -> bytes | None:
+        with provider.mapped():
+            body = provider.clients.s3.get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                return metrics.read_from_tar(body)
+            finally:
+                body.close()
+
+    return metrics.gather(f"{uri}#{METRICS_FILE}", read)
 
 
 # ---- logs ------------------------------------------------------------------------------------

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mlcloud.provider import Capability, Provider
+from mlcloud.provider import Capability, CapturedRecords, Provider
 from providers.sagemaker import errors
 from providers.sagemaker.settings import SageMakerSettings
 
 if TYPE_CHECKING:
-    from mlcloud.records import EndpointRecord, JobRecord, Plan
+    from mlcloud.records import EndpointRecord, JobRecord, ModelVersionRecord, Plan
     from mlcloud.specs import Deployment, TrainingJob
     from providers.sagemaker.clients import Clients
 
@@ -36,6 +36,7 @@ class SageMakerProvider(Provider[SageMakerSettings]):
             Capability.LOGS,
             Capability.ENDPOINTS,
             Capability.AUTOSCALING,
+            Capability.TRAFFIC_SPLIT,
             Capability.REGISTRY,
         }
     )
@@ -92,6 +93,11 @@ class SageMakerProvider(Provider[SageMakerSettings]):
 
         return endpoints.status(self, name)
 
+    def _read_capture(self, record: EndpointRecord, since: float, until: float) -> CapturedRecords:
+        from providers.sagemaker import capture
+
+        return capture.read(self, record, since, until)
+
     def _predict(self, name: str, payload: Any) -> Any:
         from providers.sagemaker import endpoints
 
@@ -101,3 +107,29 @@ class SageMakerProvider(Provider[SageMakerSettings]):
         from providers.sagemaker import endpoints
 
         return endpoints.undeploy(self, name)
+
+    def _set_traffic(self, record: EndpointRecord, weights: dict[str, int]) -> EndpointRecord:
+        from providers.sagemaker import endpoints
+
+        return endpoints.set_traffic(self, record, weights)
+
+    # ---- native model registry (model package groups) ----------------------------------------
+    def _plan_register(self, version: ModelVersionRecord) -> Plan[ModelVersionRecord]:
+        from providers.sagemaker import registry_plan
+
+        return registry_plan.plan_register(self, version)
+
+    def _register(self, plan: Plan[ModelVersionRecord]) -> dict[str, Any]:
+        from providers.sagemaker import model_registry
+
+        return model_registry.register(self, plan)
+
+    def _sync_aliases(self, version: ModelVersionRecord, aliases: list[str]) -> list[str]:
+        from providers.sagemaker import model_registry
+
+        return model_registry.sync_aliases(self, version, aliases)
+
+    def _native_drift(self, version: ModelVersionRecord, aliases: list[str]) -> list[str]:
+        from providers.sagemaker import model_registry
+
+        return model_registry.native_drift(self, version, aliases)

@@ -6,6 +6,11 @@ of that model tagged with the alias ``sha-<digest>``, and DeployModel refers to 
 traffic (``traffic: {new: 20, previous: 80}`` keeps a canary split), then undeploys the old
 versions that are left without traffic. Planning reads the local store (what this name serves
 now) but writes nothing and calls nothing.
+
+Version ids are Vertex's deployedModelIds. ``plan_traffic`` plans a later split: UpdateEndpoint
+of ``traffic_split`` when every deployed model stays, else one UndeployModel per retired model,
+each carrying the new ``traffic_split`` (Vertex refuses to undeploy a model that still has
+traffic unless the request reassigns it).
 """
 
 from __future__ import annotations
@@ -13,12 +18,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlcloud import modeldir
 from mlcloud.errors import ConfigError, NotFoundLocally, SpecError, UnsupportedFeature
 from mlcloud.records import EndpointRecord, Plan, PlanStep
-from providers.vertex import machines
+from providers.vertex import capture, machines
 
 if TYPE_CHECKING:
     from mlcloud.specs import Deployment
@@ -29,12 +34,14 @@ if TYPE_CHECKING:
         UploadModelRequest,
     )
     from providers.vertex.provider import VertexProvider
+    from providers.vertex.settings import VertexSettings
 
-UPLOAD, CREATE, DEPLOY, UNDEPLOY = (
+UPLOAD, CREATE, DEPLOY, UNDEPLOY, UPDATE = (
     "ModelService.UploadModel",
     "EndpointService.CreateEndpoint",
     "EndpointService.DeployModel",
     "EndpointService.UndeployModel",
+    "EndpointService.UpdateEndpoint",
 )
 SERVING_PORT = 8080
 PREDICT_ROUTE, HEALTH_ROUTE = "/predict", "/health"
@@ -79,11 +86,14 @@ def plan_deploy(provider: VertexProvider, d: Deployment) -> Plan[Deployment]:
     old = list(existing.details.get("deployed_models", {})) if existing else []
     if _already_serving(existing, d, context, old):
         return provider.make_plan("deploy", d.name, d, (), context=context)  # nothing to send
-    split = _split(d, old, where)
+    split = _split(d, existing, where)
     machine = machines.pick(d.resources, where)
     steps = [PlanStep(UPLOAD, _upload(provider, d, context, image, existing))]
     if existing is None:
         steps.append(PlanStep(CREATE, _create(provider, d)))
+    elif capture.changed(existing.spec, d):
+        update = capture.update_step(d, existing.native_id or context.endpoint, conf)
+        steps.append(PlanStep(UPDATE, update))  # the log follows the deployment's capture
     steps.append(PlanStep(DEPLOY, _deploy(d, context, machine, split)))
     steps += [PlanStep(UNDEPLOY, _undeploy(context, dm)) for dm in old if dm not in split]
     return provider.make_plan("deploy", d.name, d, steps, context=context)
@@ -162,26 +172,30 @@ def _already_serving(
         and d.traffic is None
         and existing.details.get("alias") == context.alias
         and len(old) == 1
+        and not capture.changed(existing.spec, d)
     )
 
 
-def _split(d: Deployment, old: list[str], where: str) -> dict[str, int]:
-    """traffic_split for DeployModel; "0" is Vertex's name for the model being deployed."""
+def _split(d: Deployment, existing: EndpointRecord | None, where: str) -> dict[str, int]:
+    """traffic_split for DeployModel; "0" is Vertex's name for the model being deployed, and
+    ``previous`` the one deployed model taking traffic now."""
     if d.traffic is None:
         return {"0": 100}
     unknown = sorted(set(d.traffic) - {"new", "previous"})
     if unknown:
         raise SpecError(f"traffic: unknown keys {unknown}; allowed: new, previous")
     share = d.traffic.get("previous", 0)
-    if share and len(old) != 1:
+    traffic = (existing.details.get("traffic") or {}) if existing else {}
+    serving = [dm for dm, pct in traffic.items() if pct > 0]
+    if share and len(serving) != 1:
         raise UnsupportedFeature(
-            f"traffic.previous with {len(old)} deployed versions",
+            f"traffic.previous with {len(serving)} versions taking traffic",
             where,
-            hint="give all traffic to the new version first (omit traffic)",
+            hint="give all traffic to one version first (omit traffic, or set_traffic)",
         )
     split = {"0": d.traffic.get("new", 0)}
     if share:
-        split[old[0]] = share
+        split[serving[0]] = share
     return split
 
 
@@ -236,8 +250,17 @@ def _create(provider: VertexProvider, d: Deployment) -> CreateEndpointRequest:
     return {
         "parent": conf.parent,
         "endpointId": d.name,
-        "endpoint": {"displayName": d.name, "labels": {**conf.labels, "mlcloud-endpoint": d.name}},
+        "endpoint": {
+            "displayName": d.name,
+            "labels": {**conf.labels, "mlcloud-endpoint": d.name},
+            **_logging(d, conf),
+        },
     }
+
+
+def _logging(d: Deployment, conf: VertexSettings) -> dict[str, Any]:
+    config = capture.logging_config(d, conf)
+    return {} if config is None else {capture.UPDATE_MASK: config}
 
 
 def _deploy(
@@ -260,3 +283,37 @@ def _deploy(
 
 def _undeploy(context: VertexDeployContext, deployed_model_id: str) -> UndeployModelRequest:
     return {"endpoint": context.endpoint, "deployedModelId": deployed_model_id}
+
+
+# ---- a later split (set_traffic) -------------------------------------------------------------
+@dataclass(frozen=True)
+class TrafficContext:
+    endpoint: str  # projects/P/locations/L/endpoints/<name>
+    weights: dict[str, int]
+
+
+def plan_traffic(
+    provider: VertexProvider, record: EndpointRecord, weights: dict[str, int]
+) -> Plan[Deployment]:
+    """UpdateEndpoint's ``traffic_split`` when every deployed model stays; else UndeployModel
+    of each one left out, each with the new split (the template checked the weights)."""
+    from mlcloud.specs import Deployment
+
+    endpoint = record.native_id or f"{provider.settings.parent}/endpoints/{record.name}"
+    retired = [dm for dm in record.details.get("deployed_models", {}) if dm not in weights]
+    split = dict(weights)
+    if retired:
+        steps = [
+            PlanStep(UNDEPLOY, {"endpoint": endpoint, "deployedModelId": dm, "trafficSplit": split})
+            for dm in retired
+        ]
+    else:
+        update = {
+            "endpoint": {"name": endpoint, "trafficSplit": split},
+            "updateMask": "trafficSplit",
+        }
+        steps = [PlanStep(UPDATE, update)]
+    base = record.spec or {"name": record.name, "model": record.model or "unknown"}
+    spec = Deployment.model_validate({**base, "traffic": split})
+    context = TrafficContext(endpoint, split)
+    return provider.make_plan("deploy", record.name, spec, steps, context=context)

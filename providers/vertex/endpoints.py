@@ -4,6 +4,11 @@ undeploy what is left without traffic), read an endpoint's state, predict, undep
 The plan is made by ``endpoint_plan``; the provider's template methods call these inside its
 error mapping, so code here catches mlcloud errors (``NotFound``, ``Conflict``), never the SDK's.
 Long-running operations are waited for with ``providers.common.waiting.wait_until``.
+
+Retries: the GAPIC clients' own retry settings (reads: ``read_retry``) are the only retry owner;
+mlcloud repeats no write. Each write is safe to send again: uploads are looked up by alias first,
+a create of an existing endpoint is success, UpdateEndpoint sets an absolute split, and
+undeploying a model already gone is a no-op.
 """
 
 from __future__ import annotations
@@ -12,18 +17,22 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
-from mlcloud.errors import Conflict, NotFound, NotFoundLocally, SpecError
+from mlcloud.errors import Conflict, NotFound, NotFoundLocally, ProviderError, SpecError
 from mlcloud.records import EndpointRecord, EndpointState, Plan
+from providers.common.traffic import record_split, version_of
 from providers.common.waiting import wait_until
 from providers.vertex import gcs
 from providers.vertex.endpoint_plan import (
     CREATE,
     DEPLOY,
     UNDEPLOY,
+    UPDATE,
     UPLOAD,
     ModelSource,
+    TrafficContext,
     VertexDeployContext,
     existing_endpoint,
+    plan_traffic,
 )
 from providers.vertex.errors import read_retry
 
@@ -61,12 +70,26 @@ def deploy(provider: VertexProvider, plan: Plan[Deployment]) -> EndpointRecord:
     if unknown:
         raise SpecError(f"plan {plan.id}: calls this provider does not make: {unknown}")
     staged = _stage_model(provider, context.source)
+    newest = None
     for step in plan.steps:
-        _SEND[step.call](provider, step.request, context)
-    record = _deployed_record(provider, plan.spec, context)
+        result = _SEND[step.call](provider, step.request, context)
+        if step.call == DEPLOY:
+            newest = _deployed_id(provider, result)
+    record = _deployed_record(provider, plan.spec, context, newest)
     if plan.steps:
         _register_version(provider, plan.spec, context, staged)
     return record
+
+
+def _deployed_id(provider: VertexProvider, result: object) -> str:
+    """The deployedModelId in DeployModel's result (the operation's unpacked response)."""
+    from google.cloud.aiplatform_v1 import DeployModelResponse
+
+    if not isinstance(result, DeployModelResponse) or not result.deployed_model.id:
+        raise provider.origin.error(
+            ProviderError, f"DeployModel answered without a deployed model id: {result!r}"
+        )
+    return str(result.deployed_model.id)
 
 
 def _stage_model(provider: VertexProvider, source: ModelSource) -> int:
@@ -75,7 +98,7 @@ def _stage_model(provider: VertexProvider, source: ModelSource) -> int:
     return gcs.put_files_if_absent(provider, source.files, source.prefix)
 
 
-def _upload(provider: VertexProvider, request: Request, context: VertexDeployContext) -> None:
+def _upload(provider: VertexProvider, request: Request, context: VertexDeployContext) -> object:
     """UploadModel, unless the version is already there (a retried or repeated deploy)."""
     from google.cloud import aiplatform_v1
 
@@ -83,7 +106,7 @@ def _upload(provider: VertexProvider, request: Request, context: VertexDeployCon
     try:
         with provider.mapped():
             models.get_model(name=context.version, retry=read_retry(), timeout=30.0)
-        return
+        return None
     except NotFound:
         pass
     proto = aiplatform_v1.UploadModelRequest.from_json(json.dumps(request))
@@ -97,43 +120,62 @@ def _upload(provider: VertexProvider, request: Request, context: VertexDeployCon
         proto.parent_model = f"{proto.parent}/models/{proto.model_id}"
         proto.model_id = ""
         operation = models.upload_model(request=proto, timeout=CALL_TIMEOUT)
-    _wait(provider, operation, "the model upload")
+    return _wait(provider, operation, "the model upload")
 
 
-def _create(provider: VertexProvider, request: Request, context: VertexDeployContext) -> None:
+def _create(provider: VertexProvider, request: Request, context: VertexDeployContext) -> object:
     from google.cloud import aiplatform_v1
 
     proto = aiplatform_v1.CreateEndpointRequest.from_json(json.dumps(request))
     try:
         with provider.mapped():
             operation = provider.clients.endpoints.create_endpoint(request=proto)
-            _wait(provider, operation, "the endpoint")
+            return _wait(provider, operation, "the endpoint")
     except Conflict:
-        pass  # endpoint ids are the deployment name: it is already there
+        return None  # endpoint ids are the deployment name: it is already there
 
 
-def _deploy(provider: VertexProvider, request: Request, context: VertexDeployContext) -> None:
+def _deploy(provider: VertexProvider, request: Request, context: object) -> object:
+    """DeployModel; its result names the new deployedModelId (the version id)."""
     from google.cloud import aiplatform_v1
 
     proto = aiplatform_v1.DeployModelRequest.from_json(json.dumps(request))
     operation = provider.clients.endpoints.deploy_model(request=proto)
-    _wait(provider, operation, "the model deployment")
+    return _wait(provider, operation, "the model deployment")
 
 
-def _undeploy(provider: VertexProvider, request: Request, context: VertexDeployContext) -> None:
-    _undeploy_one(provider, request["endpoint"], request["deployedModelId"])
+def _undeploy(provider: VertexProvider, request: Request, context: object) -> object:
+    split = request.get("trafficSplit")
+    _undeploy_one(provider, request["endpoint"], request["deployedModelId"], split)
+    return None
 
 
-_SEND: dict[str, Callable[[VertexProvider, Request, VertexDeployContext], None]] = {
+def _update(provider: VertexProvider, request: Request, context: object) -> object:
+    """UpdateEndpoint (synchronous in v1): the traffic split, or the request-response log."""
+    from google.cloud import aiplatform_v1
+
+    proto = aiplatform_v1.UpdateEndpointRequest.from_json(json.dumps(request))
+    return provider.clients.endpoints.update_endpoint(request=proto, timeout=CALL_TIMEOUT)
+
+
+_SEND: dict[str, Callable[[VertexProvider, Request, VertexDeployContext], object]] = {
     UPLOAD: _upload,
     CREATE: _create,
     DEPLOY: _deploy,
     UNDEPLOY: _undeploy,
+    UPDATE: _update,  # the request-response log of an existing endpoint (capture.py)
 }
 
 
-def _undeploy_one(provider: VertexProvider, endpoint: str, deployed_model_id: str) -> None:
-    request = {"endpoint": endpoint, "deployed_model_id": deployed_model_id}
+def _undeploy_one(
+    provider: VertexProvider,
+    endpoint: str,
+    deployed_model_id: str,
+    split: Mapping[str, int] | None = None,
+) -> None:
+    request: dict[str, object] = {"endpoint": endpoint, "deployed_model_id": deployed_model_id}
+    if split is not None:
+        request["traffic_split"] = dict(split)
     try:
         with provider.mapped():
             operation = provider.clients.endpoints.undeploy_model(request=request)
@@ -191,20 +233,40 @@ def status(provider: VertexProvider, name: str) -> EndpointRecord:
 
 
 def _deployed_record(
-    provider: VertexProvider, d: Deployment, context: VertexDeployContext
+    provider: VertexProvider, d: Deployment, context: VertexDeployContext, newest: str | None
 ) -> EndpointRecord:
-    """The record of an endpoint this plan just deployed (it must exist now)."""
-    record = existing_endpoint(provider, d.name) or EndpointRecord(
+    """The record of an endpoint this plan just deployed (it must exist now); ``newest``: the
+    deployedModelId DeployModel made (None: the plan sent nothing, the version serves)."""
+    existing = existing_endpoint(provider, d.name)
+    record = existing or EndpointRecord(
         name=d.name, provider=provider.name, type=provider.type, state=EndpointState.CREATING
     )
+    versions = dict(record.details.get("versions") or {})
+    for dm in record.details.get("deployed_models") or {}:
+        versions.setdefault(dm, version_of(existing))
+    if newest is not None:
+        versions[newest] = {"model": context.source.uri, "sha256": context.source.digest}
+        record.details["newest"] = newest
+    record.details["versions"] = versions
     endpoint = _get_endpoint(provider, context.endpoint)
-    record.model = context.source.uri
-    record.model_sha256 = context.source.digest
     record.source_job = d.source_job
     record.spec = d.model_dump(mode="json")
     record.details["alias"] = context.alias
     record.details["model"] = context.model
     return _put_record(provider, record, endpoint)
+
+
+# ---- traffic between deployed models ---------------------------------------------------------
+def set_traffic(
+    provider: VertexProvider, record: EndpointRecord, weights: dict[str, int]
+) -> EndpointRecord:
+    """Send ``plan_traffic``'s steps in order, then record the split Vertex now applies."""
+    plan = plan_traffic(provider, record, weights)
+    context = plan.context_as(TrafficContext)
+    send = {UPDATE: _update, UNDEPLOY: _undeploy}
+    for step in plan.steps:
+        send[step.call](provider, step.request, context)
+    return _put_record(provider, record, _get_endpoint(provider, context.endpoint))
 
 
 def _put_record(
@@ -215,13 +277,10 @@ def _put_record(
     record.state = EndpointState.READY if deployed else EndpointState.CREATING
     host = provider.clients.api_endpoint
     record.url = f"{host if '://' in host else 'https://' + host}/v1/{endpoint.name}:predict"
-    record.details.update(
-        {
-            "endpoint": endpoint.name,
-            "deployed_models": deployed,
-            "traffic": {k: int(v) for k, v in endpoint.traffic_split.items()},
-        }
-    )
+    record.details.update({"endpoint": endpoint.name, "deployed_models": deployed})
+    # every deployed model is a version serving, those without a share at 0
+    split = {dm: int(endpoint.traffic_split.get(dm, 0)) for dm in deployed}
+    record_split(record, split, record.details.get("versions") or {})
     return provider.store.put_endpoint(record)
 
 
@@ -267,8 +326,12 @@ def undeploy(provider: VertexProvider, name: str) -> EndpointRecord | None:
     except NotFound:
         endpoint = None
     if endpoint is not None:
-        for dm in endpoint.deployed_models:
-            _undeploy_one(provider, native, dm.id)
+        # least traffic first, each undeploy handing all traffic to the last one left (Vertex
+        # refuses to undeploy a model that still has traffic unless the request reassigns it)
+        models = sorted(endpoint.deployed_models, key=lambda m: endpoint.traffic_split.get(m.id, 0))
+        for i, dm in enumerate(models):
+            rest = models[i + 1 :]
+            _undeploy_one(provider, native, dm.id, {rest[-1].id: 100} if rest else None)
         try:
             with provider.mapped():
                 operation = provider.clients.endpoints.delete_endpoint(name=native)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from mlcloud.errors import Conflict, ProviderError, SpecError, Transient
 from mlcloud.records import JobRecord, Plan
+from mlcloud.runtime import METRICS_FILE
+from providers.common import metrics
 from providers.common.waiting import follow_logs, wait_until
 from providers.vertex import gcs, states
 from providers.vertex.errors import read_retry
@@ -135,12 +137,36 @@ def status(provider: VertexProvider, record: JobRecord) -> JobRecord:
         name=record.native_id, retry=read_retry(), timeout=CALL_TIMEOUT
     )
     message = job.error.message or None
+    state = states.job_state(job.state.name)
+    output = record.outputs.get("output_dir", "")
+    ended = state.terminal and metrics.due(record) and output.startswith("gs://")
+    collected = _metrics(provider, output) if ended else metrics.Collected({}, {})
     return provider.store.update_job(
         record.id,
-        state=states.job_state(job.state.name),
+        state=state,
         message=message,
         exit_code=states.exit_code(message),
+        **collected.update,  # in the same update as the end
     )
+
+
+def _metrics(provider: VertexProvider, output: str) -> metrics.Collected:
+    """metrics.json from the job's output folder in Cloud Storage (the job wrote it through the
+    /gcs FUSE mount)."""
+    bucket, _, prefix = output.removeprefix("gs://").partition("/")
+    key = f"{prefix.rstrip('/')}/{METRICS_FILE}"
+
+    def read() -> bytes | None:
+        with provider.mapped():
+            blob = provider.clients.storage.bucket(bucket).get_blob(key, retry=read_retry())
+            if blob is None:
+                return None
+            if (blob.size or 0) > metrics.MAX_BYTES:
+                raise metrics.MetricsFileError(f"{blob.size} bytes, over the limit")
+            data: bytes = blob.download_as_bytes(retry=read_retry())
+            return data
+
+    return metrics.gather(f"gs://{bucket}/{key}", read)
 
 
 def cancel(provider: VertexProvider, record: JobRecord) -> JobRecord:

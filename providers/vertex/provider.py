@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from mlcloud.provider import Capability, Provider
+from mlcloud.provider import Capability, CapturedRecords, Provider
 from providers.vertex import errors
 from providers.vertex.settings import VertexSettings
 
 if TYPE_CHECKING:
-    from mlcloud.records import EndpointRecord, JobRecord, Plan
+    from mlcloud.records import EndpointRecord, JobRecord, ModelVersionRecord, Plan
     from mlcloud.specs import Deployment, TrainingJob
     from providers.vertex.clients import Clients
     from providers.vertex.endpoints import Prediction
@@ -89,6 +89,11 @@ class VertexProvider(Provider[VertexSettings]):
 
         return endpoints.status(self, name)
 
+    def _read_capture(self, record: EndpointRecord, since: float, until: float) -> CapturedRecords:
+        from providers.vertex import capture
+
+        return capture.read(self, record, since, until)
+
     def _predict(self, name: str, payload: Any) -> Prediction:
         from providers.vertex import endpoints
 
@@ -98,3 +103,29 @@ class VertexProvider(Provider[VertexSettings]):
         from providers.vertex import endpoints
 
         return endpoints.undeploy(self, name)
+
+    def _set_traffic(self, record: EndpointRecord, weights: dict[str, int]) -> EndpointRecord:
+        from providers.vertex import endpoints
+
+        return endpoints.set_traffic(self, record, weights)
+
+    # ---- native model registry (Vertex AI Model Registry versions and version aliases) ------
+    def _plan_register(self, version: ModelVersionRecord) -> Plan[ModelVersionRecord]:
+        from providers.vertex import registry_plan
+
+        return registry_plan.plan_register(self, version)
+
+    def _register(self, plan: Plan[ModelVersionRecord]) -> dict[str, Any]:
+        from providers.vertex import model_registry
+
+        return model_registry.register(self, plan)
+
+    def _sync_aliases(self, version: ModelVersionRecord, aliases: list[str]) -> list[str]:
+        from providers.vertex import model_registry
+
+        return model_registry.sync_aliases(self, version, aliases)
+
+    def _native_drift(self, version: ModelVersionRecord, aliases: list[str]) -> list[str]:
+        from providers.vertex import model_registry
+
+        return model_registry.native_drift(self, version, aliases)

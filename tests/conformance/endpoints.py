@@ -17,6 +17,9 @@ Hooks a subclass provides:
 * ``received_deploy(provider, plan, record)`` -> what the far end received for this deploy, as
   ``[(call, request), ...]`` in the plan's own format; the shared test asserts it equals
   ``plan.steps`` (see the job half)
+* ``far_end_traffic(provider, name)`` -> the split the far end itself now applies (version id →
+  percent, versions at 0 included), read from the backend's own state; ``None`` (the default)
+  skips that assertion. Providers with ``Capability.TRAFFIC_SPLIT`` run the traffic test.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import pytest
 
 from mlcloud import modeldir
 from mlcloud.errors import MlcloudError, NotFoundLocally, SpecError, Transient, UnsupportedFeature
-from mlcloud.provider import Provider
+from mlcloud.provider import Capability, Provider
 from mlcloud.records import EndpointRecord, EndpointState, Plan
 from mlcloud.specs import Deployment, TrustGrant
 from tests.conformance.jobs import Sent, planned
@@ -99,6 +102,9 @@ class EndpointConformance:
         self, provider: Provider, plan: Plan[Deployment], record: EndpointRecord
     ) -> Sent:
         raise NotImplementedError
+
+    def far_end_traffic(self, provider: Provider, name: str) -> dict[str, int] | None:
+        return None
 
     @staticmethod
     def predictions(result: Any) -> list[Any]:
@@ -195,3 +201,64 @@ class EndpointConformance:
         assert provider.undeploy(name) is None, "undeploy is idempotent"
         with pytest.raises(NotFoundLocally):
             provider.store.get_endpoint(name, provider=provider.name)
+
+    # ---- traffic splits (providers with Capability.TRAFFIC_SPLIT) ---------------------------
+
+    def _split(
+        self, provider: Provider, name: str, record: EndpointRecord, expected: dict[str, int]
+    ) -> None:
+        assert record.details["traffic"] == expected
+        assert set(record.details["versions"]) == set(expected)
+        assert provider.endpoint_status(name).details["traffic"] == expected
+        far_end = self.far_end_traffic(provider, name)
+        assert far_end is None or far_end == expected, far_end
+
+    def _canary(self, provider: Provider, name: str, model: str, share: int) -> EndpointRecord:
+        base = self.make_deployment(name, model)
+        dep = base.model_copy(update={"traffic": {"new": share, "previous": 100 - share}})
+        record = provider.deploy(provider.plan_deploy(dep))
+        settled: EndpointRecord = self.settle_endpoint(provider, record)
+        return settled
+
+    def test_traffic_canary_promote_and_rollback(self, provider: Provider, tmp_path: Path) -> None:
+        if Capability.TRAFFIC_SPLIT not in provider.capabilities:
+            pytest.skip(f"{provider.type} has no traffic splits")
+        name = self.endpoint_name + "-tr"
+        model_a = self.model_uri(tmp_path, "a")
+        model_b = self.model_uri(tmp_path, "b")
+        try:
+            plain = self.make_deployment(name, model_a)
+            first = self.settle_endpoint(provider, provider.deploy(provider.plan_deploy(plain)))
+            old = first.details["newest"]
+            self._split(provider, name, first, {old: 100})
+            assert first.details["versions"][old]["sha256"] == first.model_sha256
+
+            canary = self._canary(provider, name, model_b, 10)
+            new = canary.details["newest"]
+            assert new != old and canary.details["versions"][new]["sha256"] != first.model_sha256
+            self._split(provider, name, canary, {old: 90, new: 10})
+
+            # bad weights are refused before anything is sent
+            for bad in ({old: 50, new: 40}, {old: 50, "no-such-version": 50}, {}):
+                with pytest.raises(SpecError):
+                    provider.set_traffic(name, bad)
+            self._split(provider, name, provider.endpoint_status(name), {old: 90, new: 10})
+
+            self._split(
+                provider, name, provider.set_traffic(name, {old: 50, new: 50}), {old: 50, new: 50}
+            )
+            promoted = self.settle_endpoint(provider, provider.set_traffic(name, {new: 100}))
+            self._split(provider, name, promoted, {new: 100})
+            assert promoted.model_sha256 == canary.details["versions"][new]["sha256"]
+            assert self.predictions(provider.predict(name, PAYLOAD)) == self.predicted("b")
+
+            # a canary of model a, rolled back: the new version retired, b keeps serving
+            again = self._canary(provider, name, model_a, 20)
+            retiring = again.details["newest"]
+            self._split(provider, name, again, {new: 80, retiring: 20})
+            rolled = self.settle_endpoint(provider, provider.set_traffic(name, {new: 100}))
+            self._split(provider, name, rolled, {new: 100})
+            assert rolled.details["versions"][new]["sha256"] == promoted.model_sha256
+            assert self.predictions(provider.predict(name, PAYLOAD)) == self.predicted("b")
+        finally:
+            provider.undeploy(name)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mlcloud import store as store_module
 from mlcloud.records import JobRecord, JobState
-from mlcloud.store import BACKUPS_KEPT, JOB_COPY, Store, StoreCorrupt, recover
+from mlcloud.store import BACKUPS_KEPT, JOB_COPY, Store, StoreCorrupt, backend_sqlite, recover
 from tests.conftest import MLCLOUD
 
 
@@ -39,7 +38,7 @@ def test_every_update_keeps_a_private_copy_in_the_job_dir(tmp_path: Path) -> Non
     store = _fill(tmp_path, 1)
     copy = tmp_path / "jobs" / "j-000" / JOB_COPY
     assert copy.stat().st_mode & 0o777 == 0o600
-    assert store_module._read_copy(copy) == store.get_job("j-000")
+    assert backend_sqlite.read_copy(copy) == store.get_job("j-000")
 
 
 def test_truncated_store_is_refused_not_shown_empty(tmp_path: Path) -> None:
@@ -99,7 +98,7 @@ def test_rolling_backups_are_sound_and_never_shrink(
         Path(f"{tmp_path / 'state.db'}{suffix}").unlink(missing_ok=True)
     assert Store(tmp_path / "state.db", check=False).backup() is None
     # Due backups are taken after a write, at most once per BACKUP_EVERY.
-    monkeypatch.setattr(store_module, "BACKUP_EVERY", 0.0)
+    monkeypatch.setattr(backend_sqlite, "BACKUP_EVERY", 0.0)
     fresh = Store(tmp_path / "other" / "state.db")
     fresh.add_job(JobRecord(id="x", name="x", provider="p", type="t", state=JobState.PENDING))
     assert list((tmp_path / "other" / "backups").glob("state-*.db"))

@@ -97,6 +97,9 @@ class DataPlane:
         if method in ("HEAD", "GET") and name in self.blobs:
             data = self.blobs[name]
             meta = {f"x-ms-meta-{k}": v for k, v in self.blob_meta.get(name, {}).items()}
+            ranged = _ranged(data, headers) if method == "GET" else None
+            if ranged is not None:  # x-ms-range / Range: 206 with Content-Range, as Azure does
+                return 206, {**ok, **meta, **ranged[0], "x-ms-blob-type": "BlockBlob"}, ranged[1]
             return (
                 200,
                 {
@@ -141,7 +144,10 @@ class DataPlane:
         except ModelDirError as err:  # Azure answers 424 when the model container fails
             return error(424, "ModelError", str(err))
         self.scored.append({"endpoint": endpoint, "deployments": live, "served_by": chosen})
-        return json_response(200, {"predictions": predictions})
+        # Azure ML names the deployment that answered (azureml-model-deployment)
+        return json_response(
+            200, {"predictions": predictions}, {"azureml-model-deployment": chosen}
+        )
 
     def _predictor(self, endpoint: str, deployment: str) -> Any:
         import tempfile
@@ -212,3 +218,19 @@ def _blob_list(blobs: dict[str, bytes], container: str, query: dict[str, str]) -
         '<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs>'
         f"{items}</Blobs><NextMarker /></EnumerationResults>"
     ).encode()
+
+
+def _ranged(data: bytes, headers: dict[str, str]) -> tuple[dict[str, str], bytes] | None:
+    """A ranged read (``bytes=START-END``, END inclusive) of ``data``, or None when unranged."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    m = re.fullmatch(r"bytes=(\d+)-(\d*)", lower.get("x-ms-range") or lower.get("range") or "")
+    if m is None:
+        return None
+    start = int(m[1])
+    end = min(int(m[2]) if m[2] else len(data) - 1, len(data) - 1)
+    part = data[start : end + 1]
+    return {
+        "Content-Range": f"bytes {start}-{start + len(part) - 1}/{len(data)}",
+        "Content-Length": str(len(part)),
+        "Content-Type": "application/octet-stream",
+    }, part

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.fakes.azureml import models
 from tests.fakes.azureml.common import (
     API_HOST,
     ARM,
@@ -235,7 +236,13 @@ class FakeAzureML(DataPlane):
 
     def _put(self, rest: str, payload: dict[str, Any]) -> Response:
         key = self._key(rest)
+        if (refused := models.refuse_put(rest, payload, self.resources.get(key))) is not None:
+            return refused  # model versions are immutable but for tags/description
         existed = key in self.resources
+        if re.match(r"^/onlineEndpoints/[^/]+$", rest, re.I):
+            refused = self._bad_traffic(rest, payload)
+            if refused is not None:
+                return refused
         name = rest.rstrip("/").rsplit("/", 1)[1]
         resource = {
             **payload,
@@ -319,10 +326,34 @@ class FakeAzureML(DataPlane):
             return json_response(200, {"value": items[:top] if top else items})
         return error(404, "UserError", f"{rest.lstrip('/')} not found")
 
+    def _bad_traffic(self, rest: str, payload: dict[str, Any]) -> Response | None:
+        """Azure's checks of an endpoint's traffic: whole percents for deployments of the
+        endpoint, adding up to 100 (or 0: nothing takes traffic)."""
+        props = payload.get("properties") or {}
+        endpoint = rest.rstrip("/").rsplit("/", 1)[1]
+        known = {d.lower() for d in self.deployments(endpoint)}
+        for field in ("traffic", "mirrorTraffic"):
+            split = props.get(field) or {}
+            unknown = sorted(d for d in split if d.lower() not in known)
+            if unknown:
+                return error(400, "BadArgument", f"{field}: deployments {unknown} do not exist")
+            if any(not isinstance(v, int) or not 0 <= v <= 100 for v in split.values()):
+                return error(400, "BadArgument", f"{field}: values must be 0-100: {split}")
+        total = sum((props.get("traffic") or {}).values())
+        if total not in (0, 100):
+            return error(400, "BadArgument", f"traffic must add up to 100, not {total}")
+        return None
+
     def _delete(self, rest: str) -> Response:
         key = self._key(rest)
         if key not in self.resources:
             return (204, {}, b"") if _is_lro_path(rest) else error(404, "NotFound", "not found")
+        m = re.match(r"^/onlineEndpoints/([^/]+)/deployments/([^/]+)$", rest, re.I)
+        if m:  # Azure refuses to delete a deployment that still takes traffic
+            endpoint = self.resources.get(self._key(f"/onlineEndpoints/{m[1]}")) or {}
+            traffic = (endpoint.get("properties") or {}).get("traffic") or {}
+            if any(d.lower() == m[2].lower() and pct for d, pct in traffic.items()):
+                return error(400, "BadArgument", f"deployment {m[2]} still takes traffic")
         del self.resources[key]
         for child in [k for k in self.resources if k.startswith(key + "/")]:
             del self.resources[child]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tests.fakes.vertex.models_api import ModelsApi
 from tests.fakes.vertex.server import ApiError, Injected, Server, Storage
 from tests.fakes.vertex.vertex_api import VertexApi
 
@@ -25,7 +26,8 @@ class FakeVertex:
     def __init__(self) -> None:
         self.storage = Storage()
         self.vertex = VertexApi(self.storage)
-        self.server = Server([self.storage, self.vertex])
+        self.models = ModelsApi(self.vertex)  # model versions and aliases, on vertex's state
+        self.server = Server([self.storage, self.models, self.vertex])
 
     @property
     def url(self) -> str:

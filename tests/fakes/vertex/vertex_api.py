@@ -40,6 +40,11 @@ def _now(msg: Any) -> None:
     msg.GetCurrentTime()
 
 
+def _snake(field: str) -> str:
+    """A field mask path as the REST front end takes it (``trafficSplit``) in proto form."""
+    return re.sub(r"[A-Z]", lambda m: "_" + m[0].lower(), field)
+
+
 class VertexApi:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -153,6 +158,7 @@ class VertexApi:
             ("POST", rf"({LOC})/endpoints", self._create_endpoint),
             ("GET", rf"{LOC}/endpoints/[^/:]+", self._get_endpoint),
             ("DELETE", rf"{LOC}/endpoints/[^/:]+", self._delete_endpoint),
+            ("PATCH", rf"{LOC}/endpoints/[^/:]+", self._update_endpoint),
             ("POST", rf"({LOC}/endpoints/[^/:]+):deployModel", self._deploy),
             ("POST", rf"({LOC}/endpoints/[^/:]+):undeployModel", self._undeploy),
             ("POST", rf"({LOC}/endpoints/[^/:]+):predict", self._predict),
@@ -271,6 +277,30 @@ class VertexApi:
             raise ApiError("FAILED_PRECONDITION", f"Endpoint {name} still has deployed models")
         del self.endpoints[name]
         return self._operation(name.rsplit("/endpoints/", 1)[0], empty_pb2.Empty())
+
+    def _update_endpoint(self, req: Request, name: str) -> Response:
+        """UpdateEndpoint (synchronous in v1): the fields ``updateMask`` names, nothing else;
+        a new ``traffic_split`` must give deployed models percentages adding up to 100."""
+        endpoint = self._bind(parse(v1.Endpoint, req.body), "name", name)
+        request = v1.UpdateEndpointRequest.pb()(endpoint=endpoint)
+        paths = [p for p in req.query.get("updateMask", "").split(",") if p]
+        request.update_mask.paths.extend(_snake(p) for p in paths)
+        self._record("EndpointService.UpdateEndpoint", request)
+        current = self._endpoint(name)
+        allowed = {"display_name", "description", "labels", "traffic_split"}
+        allowed.add("predict_request_response_logging_config")  # capture (issue 13)
+        if not paths or not set(request.update_mask.paths) <= allowed:
+            raise ApiError("INVALID_ARGUMENT", f"update_mask {paths} is not supported")
+        for path in request.update_mask.paths:
+            if path == "traffic_split":
+                self._set_split(current, dict(endpoint.traffic_split))
+            elif path == "labels":
+                current.labels.clear()
+                current.labels.update(dict(endpoint.labels))
+            else:
+                setattr(current, path, getattr(endpoint, path))
+        _now(current.update_time)
+        return _json(current)
 
     def _set_split(self, endpoint: Message, split: dict[str, int], new_id: str = "") -> None:
         split = {new_id if k == "0" else k: v for k, v in split.items()}

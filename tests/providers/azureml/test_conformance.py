@@ -128,6 +128,14 @@ class TestAzureMLEndpointConformance(EndpointConformance):
     def unsupported_deployment(self, model: str) -> Deployment | None:
         return Deployment(name=self.endpoint_name, model=model, replicas={"min": 1, "max": 4})
 
+    def far_end_traffic(self, provider: Provider, name: str) -> dict[str, int] | None:
+        """The fake workspace's endpoint traffic (every deployment of it; those without a
+        share at 0)."""
+        fake = self.fake.fake
+        endpoint = fake.resources[fake._key(f"/onlineEndpoints/{name}")]
+        traffic = endpoint["properties"].get("traffic") or {}
+        return {d: int(traffic.get(d, 0)) for d in fake.deployments(name)}
+
     def received_deploy(
         self, provider: Provider, plan: Plan[Deployment], record: EndpointRecord
     ) -> Sent:

@@ -49,7 +49,8 @@ def test_deploy_sends_the_planned_bodies(provider: Any, azure: Installed, tmp_pa
     name = _new(plan)
     assert record.state is EndpointState.READY
     assert record.url == "https://inference.fake.azureml.net/iris-ep/score"
-    assert record.details == {"deployments": {name: 100}, "deployment": name}
+    assert record.details["deployments"] == record.details["traffic"] == {name: 100}
+    assert record.details["deployment"] == record.details["newest"] == name
 
     # the model version: uploaded to the datastore, registered under a content version
     sha = modeldir.digest(model)

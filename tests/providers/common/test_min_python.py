@@ -25,7 +25,7 @@ def _shipped() -> list[Path]:
 
 def test_shipped_files_are_the_expected_ones() -> None:
     names = sorted(p.name for p in _shipped())
-    assert names == ["errors.py", "launcher.py", "modeldir.py", "runtime.py"]
+    assert names == ["errors.py", "launcher.py", "modeldir.py", "modelprofile.py", "runtime.py"]
 
 
 def test_vermin_finds_nothing_newer_than_the_minimum() -> None:

@@ -288,7 +288,8 @@ def serve_deployed_model(moto_url: str, endpoint: str, payload: dict[str, Any]) 
     )
     sm, s3 = client("sagemaker"), client("s3")
     config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
-    (variant,) = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]
+    variants = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]
+    variant = max(variants, key=lambda v: v.get("InitialVariantWeight", 1.0))  # the main one
     model = sm.describe_model(ModelName=variant["ModelName"])
     bucket, _, key = model["PrimaryContainer"]["ModelDataUrl"].removeprefix("s3://").partition("/")
     data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -299,6 +300,7 @@ def serve_deployed_model(moto_url: str, endpoint: str, payload: dict[str, Any]) 
     # moto 5.2 files its answers under the endpoint name its handler reads from the params,
     # which is None for this path parameter: forget them all.
     sagemakerruntime_backends[ACCOUNT][REGION].results.clear()
+    sagemakerruntime_backends[ACCOUNT][REGION].results_queue.clear()  # answers not taken yet
     queue_endpoint_results(moto_url, [answer])
     return answer
 

@@ -15,7 +15,7 @@ from mlcloud.records import EndpointRecord, EndpointState, Plan
 from mlcloud.specs import Deployment
 from tests.conformance.endpoints import PAYLOAD, EndpointConformance
 from tests.conformance.jobs import Sent
-from tests.providers.sagemaker.conftest import serve_deployed_model
+from tests.providers.sagemaker.conftest import backend, serve_deployed_model
 from tests.providers.sagemaker.far_end import FAR_END
 
 
@@ -29,7 +29,12 @@ class TestSageMakerEndpointConformance(EndpointConformance):
         return provider.endpoint_status(record.name)
 
     def unsupported_deployment(self, model: str) -> Deployment | None:
-        return Deployment(name="split", model=model, traffic={"a": 50, "b": 50})
+        return Deployment(name="scale0", model=model, replicas={"min": 0, "max": 2})
+
+    def far_end_traffic(self, provider: Provider, name: str) -> dict[str, int] | None:
+        # moto's own endpoint: each variant's current weight (absent for a weight of 0)
+        variants = backend().endpoints[name].production_variants
+        return {v["VariantName"]: int(v.get("CurrentWeight", 0)) for v in variants}
 
     def received_deploy(
         self, provider: Provider, plan: Plan[Deployment], record: EndpointRecord

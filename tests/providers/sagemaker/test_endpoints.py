@@ -99,7 +99,7 @@ def test_autoscaling_and_blue_green_update(provider: SageMakerProvider, tmp_path
     replicas = {"min": 1, "max": 4, "target": 50}
     v1 = model_dir(tmp_path / "v1")
     first = provider.deploy(provider.plan_deploy(deployment(v1, "ep-bg", replicas=replicas)))
-    rid = "endpoint/ep-bg/variant/AllTraffic"
+    rid = f"endpoint/ep-bg/variant/{first.details['newest']}"
     (target,) = aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])[
         "ScalableTargets"
     ]
@@ -130,6 +130,11 @@ def test_autoscaling_and_blue_green_update(provider: SageMakerProvider, tmp_path
     assert desc["EndpointConfigName"] == second.details["endpoint_config"] != old_config
     assert old_config not in _configs(provider) and old_model not in _models(provider)
     assert second.details["model_name"] in _models(provider)
+    # each model version is its own variant: scaling moves to the new one
+    assert not aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])[
+        "ScalableTargets"
+    ], "the old variant's scaling target removed"
+    rid = f"endpoint/ep-bg/variant/{second.details['newest']}"
     assert aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])[
         "ScalableTargets"
     ], "autoscaling re-registered after the switch"
@@ -171,8 +176,10 @@ def test_s3_model_and_refusals(provider: SageMakerProvider, tmp_path: Path) -> N
     model = model_dir(tmp_path / "m")
     with pytest.raises(UnsupportedFeature):
         provider.plan_deploy(deployment(model, "ep-x", replicas={"min": 0, "max": 2}))
-    with pytest.raises(UnsupportedFeature):
+    with pytest.raises(SpecError):  # a split names the new and the previous version only
         provider.plan_deploy(deployment(model, "ep-x", traffic={"a": 50, "b": 50}))
+    with pytest.raises(SpecError):  # a canary needs a version serving already
+        provider.plan_deploy(deployment(model, "ep-x", traffic={"new": 10, "previous": 90}))
 
 
 def test_failed_endpoint_is_not_updated(provider: SageMakerProvider, tmp_path: Path) -> None:

@@ -16,6 +16,13 @@ class TestVertexEndpointConformance(EndpointConformance):
     def unsupported_deployment(self, model: str) -> Deployment | None:
         return Deployment(name="x", model=model, replicas={"min": 1, "max": 2, "target": 4})
 
+    def far_end_traffic(self, provider: Provider, name: str) -> dict[str, int] | None:
+        # the fake's own endpoint: every deployed model, those without a share at 0
+        endpoint = next(
+            e for e in fake_of(provider).vertex.endpoints.values() if e.name.endswith(f"/{name}")
+        )
+        return {dm.id: endpoint.traffic_split.get(dm.id, 0) for dm in endpoint.deployed_models}
+
     def received_deploy(
         self, provider: Provider, plan: Plan[Deployment], record: EndpointRecord
     ) -> Sent:

@@ -1,0 +1,2 @@
+"""Monitoring (issue 13): captured requests read back (``capture``), drift against the
+training baseline, reports and alerts."""

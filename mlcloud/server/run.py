@@ -1,0 +1,38 @@
+"""Start the server under uvicorn (``mlcloud server``)."""
+
+from __future__ import annotations
+
+import os
+
+from mlcloud.server.settings import Settings
+
+APP_FACTORY = "mlcloud.server.app:create_app"
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM; then in-flight requests get ``graceful_timeout_s`` to finish.
+
+    The settings reach each worker through the environment (uvicorn imports the factory by
+    name in every worker process); the refusal to bind beyond loopback without a token is
+    checked here first, so it is one clear error, not one per worker."""
+    import uvicorn
+
+    from mlcloud.server.auth import check_startup
+    from mlcloud.server.observe import log_config
+
+    if settings.database_url:
+        os.environ["MLCLOUD_DATABASE_URL"] = settings.database_url
+    check_startup(settings)
+    os.environ.update(settings.to_env())
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=log_config(settings.log_level),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+        server_header=False,
+        proxy_headers=False,
+    )

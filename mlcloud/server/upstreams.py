@@ -1,0 +1,264 @@
+"""Where an endpoint's predictions are served, and the HTTP forwarding of the gateway.
+
+An endpoint record is resolved once into a :class:`Target` (cached by the gateway for a few
+seconds): an HTTP upstream (the local front, a Ray Serve proxy) with the auth headers it takes,
+or a cloud runtime reached through the provider object (``cloud_upstreams``), whose SDK holds
+the credentials. The core never imports ``providers``: a provider's clients are reached by the
+attribute names its ``endpoints.py`` uses (``clients.runtime``, ``clients.prediction``,
+``clients.ml``).
+
+Every answer is an :class:`Answer`; every failure to get one is an :class:`UpstreamFailure`
+whose status says whose fault it is (502 unreachable or broken upstream, 503 not serving or
+overloaded, 504 too slow), kept apart from a model's own 4xx answer to a bad request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlcloud.records import EndpointRecord, EndpointState
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from mlcloud.provider import Provider
+
+VERSION_HEADER = "x-mlcloud-version"
+HTTP_TYPES = frozenset({"local", "ray"})
+CLOUD_TYPES = frozenset({"sagemaker", "vertex", "azureml"})
+BUFFER_MAX = 1 << 20  # answers up to this size (with a Content-Length) are read whole
+_TOKEN_ENV, _TOKEN_FILE = "MLCLOUD_API_TOKEN", "api-token"  # the local front's bearer token
+#: response headers never passed on (hop-by-hop, or rewritten by the gateway's own server)
+_DROP_OUT = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "server",
+        "date",
+        VERSION_HEADER,
+    }
+)
+
+
+class UpstreamFailure(Exception):
+    """No usable answer came back. ``status``: 502 (unreachable, refused the gateway's
+    credentials, answered 5xx), 503 (not serving yet / overloaded: retry), 504 (too slow).
+    ``kind`` names the failure in problem JSON and the error series."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        detail: str,
+        *,
+        version: str | None = None,
+        upstream_status: int | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail = status, kind, detail
+        self.version, self.upstream_status, self.retry_after = (
+            version,
+            upstream_status,
+            retry_after,
+        )
+
+
+@dataclass
+class Answer:
+    """What the upstream answered: ``body`` whole, or a stream closed by ``close``."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes | AsyncIterator[bytes]
+    version: str
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+@dataclass
+class Target:
+    """One endpoint, resolved: how to reach it and whom to attribute an answer to by default."""
+
+    name: str
+    type: str
+    record: EndpointRecord
+    provider: Provider[Any]
+    url: str | None = None  # HTTP upstreams: the predict URL
+    headers: dict[str, str] = field(default_factory=dict)  # HTTP upstreams: auth
+    resolved_at: float = field(default_factory=time.monotonic)
+    cache: dict[str, Any] = field(default_factory=dict)  # per-target SDK facts (Azure's key)
+
+    @property
+    def fallback_version(self) -> str:
+        return record_version(self.record)
+
+
+def record_version(record: EndpointRecord) -> str:
+    """The version a record says serves everything: the one version taking traffic, else the
+    newest deployed, else the served model's digest. With several versions taking traffic and
+    no attribution from the upstream: ``"unattributed"`` (never a guess)."""
+    traffic = record.details.get("traffic") or {}
+    live = [str(v) for v, weight in traffic.items() if weight]
+    if len(live) == 1:
+        return live[0]
+    if len(live) > 1:
+        return "unattributed"
+    newest = record.details.get("newest")
+    if newest:
+        return str(newest)
+    return f"sha256:{record.model_sha256[:12]}" if record.model_sha256 else "default"
+
+
+def target_of(record: EndpointRecord, provider: Provider[Any]) -> Target:
+    """Resolve ``record`` (blocking: may read a token file). ``UpstreamFailure`` (503) when it
+    is not serving yet; an unknown provider type is a 502 (the gateway cannot reach it)."""
+    if record.state in (EndpointState.CREATING, EndpointState.DELETED):
+        raise UpstreamFailure(
+            503, "NotServing", f"endpoint {record.name!r} is {record.state}, not serving yet",
+            retry_after=5,
+        )  # fmt: skip
+    target = Target(record.name, record.type, record, provider)
+    if record.type == "local":
+        front = record.details.get("front")
+        if not front:
+            raise UpstreamFailure(503, "NotServing", f"endpoint {record.name!r} has no front")
+        target.url = _http_url(str(front["host"]), int(front["port"])) + "/predict"
+        if record.details.get("auth") == "token":
+            token = _local_token(provider.store.home)
+            target.headers["authorization"] = f"Bearer {token}"
+    elif record.type == "ray":
+        if not record.url:
+            raise UpstreamFailure(503, "NotServing", f"endpoint {record.name!r} has no URL yet")
+        target.url = record.url.rstrip("/") + "/predict"
+    elif record.type not in CLOUD_TYPES:
+        raise UpstreamFailure(
+            502, "UnsupportedUpstream",
+            f"endpoint {record.name!r} is served by {record.type}, which the gateway cannot reach",
+        )  # fmt: skip
+    return target
+
+
+def _http_url(host: str, port: int) -> str:
+    """Where this machine reaches a front bound to ``host`` (a wildcard: on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _local_token(home: Path) -> str:
+    """The local front's token, read as the local provider reads it (env, else the file)."""
+    token = os.environ.get(_TOKEN_ENV, "").strip()
+    if token:
+        return token
+    try:
+        token = (home / _TOKEN_FILE).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UpstreamFailure(
+            502, "UpstreamAuth", f"cannot read the local endpoints' token: {exc.strerror}"
+        ) from None
+    if not token:
+        raise UpstreamFailure(502, "UpstreamAuth", "the local endpoints' token file is empty")
+    return token
+
+
+def passed_headers(items: Any) -> list[tuple[str, str]]:
+    """An upstream's response headers the caller gets (end-to-end ones only)."""
+    return [(k, v) for k, v in items if k.lower() not in _DROP_OUT]
+
+
+async def forward_http(
+    session: aiohttp.ClientSession,
+    target: Target,
+    body: bytes | AsyncIterator[bytes],
+    headers: dict[str, str],
+    timeout: float,
+) -> Answer:
+    """POST ``body`` to an HTTP upstream on a pooled keep-alive connection, the bytes as they
+    came (no JSON re-encoding). A small answer is read whole; a large or unsized one streams.
+    ``headers`` are the caller's content headers (plus Content-Length when streaming).
+
+    aiohttp, not httpx: measured on the same endpoint, httpx's AsyncClient spends 0.95 ms of CPU
+    per request, aiohttp's 0.18 ms, and the gateway's overhead is mostly CPU."""
+    import aiohttp
+
+    assert target.url is not None
+    limits = aiohttp.ClientTimeout(sock_connect=min(5.0, timeout), sock_read=timeout)
+    for attempt in (1, 2):
+        try:
+            resp = await session.post(
+                target.url, data=body, headers={**headers, **target.headers}, timeout=limits
+            )
+            break
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # a pooled connection the upstream closed as it was reused: a pure prediction whose
+            # bytes are still here is sent once more, on a fresh connection
+            if (
+                attempt == 2
+                or not isinstance(body, bytes)
+                or isinstance(exc, aiohttp.ClientConnectorError)
+            ):
+                raise _unreachable(target, exc) from None
+        except TimeoutError as exc:
+            raise UpstreamFailure(504, "UpstreamTimeout", _said(target, exc)) from None
+        except aiohttp.ClientError as exc:
+            raise _unreachable(target, exc) from None
+    version = resp.headers.get(VERSION_HEADER) or target.fallback_version
+    out = passed_headers(resp.headers.items())
+    length = resp.content_length
+    if length is not None and length <= BUFFER_MAX:
+        try:
+            data = await resp.read()
+        except TimeoutError as exc:
+            raise UpstreamFailure(
+                504, "UpstreamTimeout", _said(target, exc), version=version
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailure(
+                502, "UpstreamBroken", _said(target, exc), version=version
+            ) from None
+        finally:
+            resp.release()
+        return Answer(resp.status, out, data, version)
+
+    async def close() -> None:
+        resp.release()
+
+    return Answer(resp.status, out, resp.content.iter_any(), version, close=close)
+
+
+def _unreachable(target: Target, exc: Exception) -> UpstreamFailure:
+    return UpstreamFailure(502, "UpstreamUnreachable", _said(target, exc))
+
+
+def _said(target: Target, exc: Exception) -> str:
+    what = str(exc) or type(exc).__name__
+    return f"endpoint {target.name!r} ({target.type}) did not answer at {target.url}: {what}"
+
+
+def classify(status: int) -> tuple[int, str] | None:
+    """How an upstream's non-2xx answer reaches the caller: None to pass it on as it is (the
+    caller's request was refused by the model: 4xx), else the gateway's own status and kind.
+    The upstream refusing the gateway's credentials or route (401/403/404) is the gateway's
+    problem, not the caller's: 502."""
+    if status < 400:
+        return None
+    if status in (401, 403, 404, 407):
+        return 502, "UpstreamRefused"
+    if status < 500:
+        return None
+    if status == 503:
+        return 503, "UpstreamUnavailable"
+    if status == 504:
+        return 504, "UpstreamTimeout"
+    return 502, "UpstreamError"

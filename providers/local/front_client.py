@@ -1,0 +1,175 @@
+"""The front's client to its upstreams: pooled keep-alive HTTP/1.1 on asyncio protocols.
+
+Why not aiohttp's ``ClientSession``: profiled at concurrency 1, the front spent about as much
+CPU in the client half of a proxied request (request and response objects, the connector,
+timers, payload writers) as in the server half, and at concurrency 1 every microsecond of it is
+latency. This client does only what a proxy of JSON predictions needs: the request written in
+one ``write``, the response parsed by llhttp (``httptools``, which uvicorn — so BentoML —
+brings), a body buffered whole (the front answered with whole bodies before too), connections
+kept per upstream and dropped after ``KEEPALIVE`` s idle, below uvicorn's 5 s, so the front
+never reuses a connection the backend is closing. Anything else it raises as ``OSError`` (the
+proxy's "nothing came back": retried elsewhere); ``HEAD`` and missing ``httptools`` go to
+aiohttp's client instead (``available()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+KEEPALIVE = 2.0
+CONNECT_TIMEOUT = 5.0
+
+
+def available() -> bool:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class UpstreamGone(ConnectionError):
+    """The upstream closed or broke the connection before a whole response came back."""
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self) -> None:
+        import httptools
+
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.idle_since = 0.0
+        self.broken = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a request is one write: never wait on Nagle for its tail
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except Exception as exc:  # a malformed response: this connection is done
+            self._fail(UpstreamGone(f"bad response from upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.broken = True
+        self._fail(UpstreamGone(f"upstream closed the connection ({exc or 'EOF'})"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.parser.should_keep_alive():
+            self.broken = True
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            status = int(self.parser.get_status_code())
+            waiter.set_result((status, self.headers, b"".join(self.body)))
+
+    def _fail(self, exc: Exception) -> None:
+        self.broken = True
+        if self.transport is not None:
+            self.transport.close()
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+
+class UpstreamClient:
+    """Keep-alive connections per upstream ``http://host:port``."""
+
+    def __init__(self) -> None:
+        self.idle: dict[str, list[_Conn]] = {}
+        self._addr: dict[str, tuple[str, int, bytes]] = {}
+
+    async def request(
+        self, base: str, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """(status, raw headers, body) of ``method base+target``; ``OSError`` if nothing came
+        back."""
+        conn = await self._conn(base)
+        host = self._addr[base][2]
+        head = [f"{method} {target} HTTP/1.1\r\nHost: ".encode(), host, b"\r\n"]
+        for k, v in headers:
+            # aiohttp decoded them as UTF-8 with surrogateescape: the exact bytes go back out
+            head.append(f"{k}: {v}\r\n".encode("utf-8", "surrogateescape"))
+        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]]
+        conn.waiter = waiter = loop.create_future()
+        conn.headers, conn.body = [], []
+        assert conn.transport is not None
+        conn.transport.write(b"".join(head) + body)
+        try:
+            result = await waiter
+        except BaseException:
+            conn.broken = True
+            if conn.transport is not None:
+                conn.transport.close()
+            raise
+        self._release(base, conn)
+        return result
+
+    async def _conn(self, base: str) -> _Conn:
+        pool = self.idle.get(base)
+        now = time.monotonic()
+        while pool:
+            conn = pool.pop()
+            fresh = now - conn.idle_since < KEEPALIVE
+            if fresh and not conn.broken and conn.transport and not conn.transport.is_closing():
+                return conn
+            if conn.transport is not None:
+                conn.transport.close()
+        host, port, _ = self._address(base)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            _, proto = await loop.create_connection(_Conn, host, port)
+        return proto
+
+    def _address(self, base: str) -> tuple[str, int, bytes]:
+        known = self._addr.get(base)
+        if known is None:
+            parts = urlsplit(base)
+            known = (parts.hostname or "127.0.0.1", parts.port or 80, parts.netloc.encode())
+            self._addr[base] = known
+        return known
+
+    def _release(self, base: str, conn: _Conn) -> None:
+        if conn.broken or conn.transport is None or conn.transport.is_closing():
+            return
+        conn.idle_since = time.monotonic()
+        self.idle.setdefault(base, []).append(conn)
+
+    def close(self) -> None:
+        for pool in self.idle.values():
+            for conn in pool:
+                if conn.transport is not None:
+                    conn.transport.close()
+        self.idle.clear()
+
+
+def header_pairs(raw: list[tuple[bytes, bytes]], drop: frozenset[str]) -> list[tuple[str, Any]]:
+    """Response headers as ``str`` pairs, hop-by-hop ones left out."""
+    out = []
+    for k, v in raw:
+        name = k.decode("latin-1")
+        if name.lower() not in drop:
+            out.append((name, v.decode("latin-1")))
+    return out
