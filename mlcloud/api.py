@@ -337,6 +337,8 @@ class DeployOptions(TypedDict, total=False):
     trust_code: bool | None
     #: request capture for monitoring: a sample rate, or ``{sample, max_mb}``
     capture: float | Mapping[str, object] | None
+    #: scheduled drift checks: ``{every, window, cooldown, on_drift: {pipeline}}``
+    monitor: Mapping[str, object] | None
 
 
 def resolve_model(ref: str, store: Store) -> tuple[str, str | None]:
@@ -388,7 +390,7 @@ def build_deployment(
     sample = options.get("capture")
     if sample is not None:
         data["capture"] = {"sample": sample} if isinstance(sample, int | float) else dict(sample)
-    for key in ("port", "host", "env", "resources"):
+    for key in ("port", "host", "env", "resources", "monitor"):
         value = options.get(key)
         if value:
             data[key] = dict(value) if isinstance(value, Mapping) else value

@@ -172,9 +172,10 @@ def write(
             raise ProfileError(
                 f"{key.strip('_')} has {extra[key].shape[0]} rows, the reference {rows}"
             )
-    entries = [{"name": n, **summarize(c)} for n, c in zip(names, cols, strict=True)]
+    # (no zip(strict=...): this module runs in jobs on Python 3.8)
+    entries = [{"name": names[i], **summarize(cols[i])} for i in range(len(cols))]
     profile: dict[str, Any] = {"format_version": FORMAT_VERSION, "rows": rows, "features": entries}
-    sampled = [(e["name"], c) for e, c in zip(entries, cols, strict=True) if e["kind"] == "numeric"]
+    sampled = [(names[i], cols[i]) for i in range(len(cols)) if entries[i]["kind"] == "numeric"]
     for key, value in extra.items():
         if value is not None:
             profile[key.strip("_")] = summarize(value)

@@ -404,3 +404,6 @@ class CapturedRecords:
 
     records: list[dict[str, Any]]
     dropped: int = 0
+    #: the same records as one pyarrow Table (columns ts, request_id, version, instances,
+    #: predictions) when the provider read them in bulk; then ``records`` is empty
+    table: Any = None

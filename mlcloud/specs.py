@@ -290,12 +290,26 @@ class Monitor(_Spec):
 
     every: str | int = Field(default="1h", description="how often to check: 30m, 1h, 1d…")
     on_drift: DriftAction | None = None
+    window: str | int = Field(default="24h", description="the captured requests checked")
+    cooldown: str | int = Field(
+        default="24h", description="after firing, a new drift waits this long to fire again"
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="per feature (* for all): a test's p-value level or "
+        "a distance's threshold (mlcloud monitor --threshold)",
+    )  # fmt: skip
 
     @field_validator("every")
     @classmethod
     def _check_every(cls, v: str | int) -> str | int:
         if parse_duration(v) < 60:
             raise ValueError("must be at least 1m")
+        return v
+
+    @field_validator("window", "cooldown")
+    @classmethod
+    def _check_duration(cls, v: str | int) -> str | int:
+        parse_duration(v)  # raises ValueError with the accepted forms
         return v
 
     @property

@@ -64,7 +64,14 @@ def main() -> None:
     if world > 1:
         torch.distributed.destroy_process_group()
     if runtime.is_chief():
-        runtime.save_model(torch.jit.script(model.cpu()), framework="pytorch")
+        # the drift baseline: a sample of the training inputs (x ~ N(0, 1), 32 features)
+        reference = torch.randn(2048, 32, generator=torch.Generator().manual_seed(0))
+        runtime.save_model(
+            torch.jit.script(model.cpu()),
+            framework="pytorch",
+            reference=reference.numpy(),
+            reference_target=(reference[:, 0] > 0).long().numpy(),
+        )
         print(f"model saved to {runtime.model_dir()}", flush=True)
 
 

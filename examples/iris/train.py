@@ -33,5 +33,8 @@ path = runtime.save_model(
     framework="sklearn",
     signature={"inputs": {"shape": [-1, 4], "dtype": "float64"}},
     example=[features[0]],
+    reference=x_train,  # the drift baseline `mlcloud monitor` compares served requests with
+    reference_target=y_train,
+    feature_names=list(rows[0])[:4],
 )
 print(f"model saved to {path}", flush=True)

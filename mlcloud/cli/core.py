@@ -328,6 +328,12 @@ def cancel(job_id: str, output: str) -> None:
     help="Record this fraction of requests and predictions for `mlcloud monitor` (e.g. 0.1).",
 )
 @click.option(
+    "--on-drift",
+    metavar="PIPELINE",
+    help="Check drift on a schedule (needs --capture) and fire PIPELINE's drift trigger.",
+)
+@click.option("--monitor-every", metavar="DURATION", help="How often to check drift (default 1h).")
+@click.option(
     "--follow-alias",
     is_flag=True,
     help="MODEL is NAME@ALIAS: moving the alias (models alias / rollback) redeploys this endpoint.",
@@ -347,6 +353,8 @@ def deploy(
     dry_run: bool,
     force: bool,
     capture: float | None,
+    on_drift: str | None,
+    monitor_every: str | None,
     follow_alias: bool,
     output: str,
 ) -> None:
@@ -364,6 +372,11 @@ def deploy(
         "trust_code": trust_code,
         "capture": capture,
     }
+    if on_drift or monitor_every:  # mlcloud.monitor.alerts runs the checks
+        monitor: dict[str, object] = {"every": monitor_every or "1h"}
+        if on_drift:
+            monitor["on_drift"] = {"pipeline": on_drift}
+        options["monitor"] = monitor
     if dry_run:
         _print_plan(_planned(lambda: api.plan_deploy(model, name, provider, **options)), output)
         return

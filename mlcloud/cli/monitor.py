@@ -81,12 +81,17 @@ def _cell(value: Any) -> str:
     "--alpha", type=float, default=0.05, show_default=True, help="The tests' significance level."
 )
 @click.option("--fail-on-drift", is_flag=True, help="Exit 1 when any feature drifted.")
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Show the scheduled checks (deploy --on-drift) and what each did instead.",
+)
 @provider_option
 @output_option
 def monitor(endpoint: str, window: str, baseline: str | None, report_path: str | None,
             prom_path: str | None, thresholds: tuple[str, ...], methods: tuple[str, ...],
-            correction: str, alpha: float, fail_on_drift: bool, provider: str | None,
-            output: str) -> None:  # fmt: skip
+            correction: str, alpha: float, fail_on_drift: bool, history: bool,
+            provider: str | None, output: str) -> None:  # fmt: skip
     """Drift of ENDPOINT's captured requests against its model's training baseline.
 
     \b
@@ -95,6 +100,9 @@ def monitor(endpoint: str, window: str, baseline: str | None, report_path: str |
     The endpoint needs `capture:` in its deployment and a model saved with
     runtime.save_model(..., reference=X_train).
     """
+    if history:
+        _history(endpoint, output)
+        return
     from mlcloud.monitor import check, drift, report
     from mlcloud.units import parse_duration
 
@@ -143,3 +151,23 @@ def _print(result: Any, report_path: str | None) -> None:
                else "no drift")  # fmt: skip
     if report_path:
         click.echo(f"report: {report_path}")
+
+
+def _history(endpoint: str, output: str) -> None:
+    import time
+
+    from mlcloud.monitor import alerts
+
+    checks = alerts.history(endpoint)
+    if output == "json":
+        emit_json(checks)
+        return
+    if not checks:
+        click.echo(f"no scheduled checks of {endpoint} yet (deploy --on-drift, mlcloud scheduler)",
+                   err=True)  # fmt: skip
+        return
+    _table(
+        ["checked", "rows", "action", "drifted"],
+        [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["checked_at"])), str(c["rows"]),
+          c["action"], ", ".join(c["drifted"]) or c["message"] or "-"] for c in checks],
+    )  # fmt: skip

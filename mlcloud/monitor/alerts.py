@@ -5,25 +5,30 @@ the drifted features as the detail. One drift episode (drifted checks in a row, 
 model) fires once; a drift within ``cooldown`` (default 24h) of the last firing waits for it to
 pass, the retrained model being on its way (:func:`mlcloud.store.monitor.decide`).
 
-The scheduler loop (``mlcloud scheduler``, the server's thread) calls :func:`tick` each turn;
-:func:`due_checks` and :func:`run_check` are its two halves.
+:func:`tick` runs the due checks once (:func:`due_checks` and :func:`run_check` are its two
+halves); :func:`serve` / :func:`start_thread` loop on it, beside the pipelines' scheduler
+(``mlcloud scheduler``, the server). Each check is claimed in the store, so any number of
+loops may run: a check runs once.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlcloud import pipelines
 from mlcloud.errors import MlcloudError
-from mlcloud.monitor import check
+from mlcloud.monitor import check, drift
 from mlcloud.records import EndpointRecord
 from mlcloud.store import Store
 from mlcloud.store import monitor as db
 from mlcloud.units import parse_duration
 
 DEFAULT_COOLDOWN_S = 24 * 3600
+logger = logging.getLogger("mlcloud.monitor")
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Schedule:
     window_s: float
     cooldown_s: float
     pipeline: str | None
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
 def schedule_of(record: EndpointRecord) -> Schedule | None:
@@ -61,6 +67,7 @@ def schedule_of(record: EndpointRecord) -> Schedule | None:
         window_s=parse_duration(spec.get("window") or check.DEFAULT_WINDOW_S),
         cooldown_s=parse_duration(spec.get("cooldown") or DEFAULT_COOLDOWN_S),
         pipeline=on_drift.get("pipeline") if isinstance(on_drift, dict) else None,
+        thresholds={str(k): float(v) for k, v in (spec.get("thresholds") or {}).items()},
     )
 
 
@@ -94,7 +101,8 @@ def run_check(record: EndpointRecord, store: Store, now: float | None = None) ->
         return out
     out.pipeline = sched.pipeline
     try:
-        result = check.check_record(record, store, window_s=sched.window_s, now=now)
+        config = drift.DriftConfig(thresholds=sched.thresholds)
+        result = check.check_record(record, store, window_s=sched.window_s, config=config, now=now)
     except MlcloudError as exc:
         db.failed(store, record.name, record.provider, now, exc.message)
         out.action, out.message = "error", exc.message
@@ -126,7 +134,47 @@ def tick(now: float | None = None, store: Store | None = None) -> list[CheckOutc
     now = time.time() if now is None else now
     st = store or Store.open()
     try:
-        return [run_check(record, st, now) for record in due_checks(now, st)]
+        outcomes = []
+        for record in due_checks(now, st):
+            try:
+                outcomes.append(run_check(record, st, now))
+            except ValueError as exc:  # a monitor section mlcloud cannot read (a bad duration)
+                outcomes.append(
+                    CheckOutcome(record.name, record.provider, "error", message=str(exc))
+                )
+        return outcomes
     finally:
         if store is None:
             st.close()
+
+
+def history(endpoint: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The endpoint's scheduled checks, newest first: when, rows, drifted features, action."""
+    store = Store.open()
+    try:
+        return db.checks(store, endpoint, limit)
+    finally:
+        store.close()
+
+
+def serve(stop: threading.Event | None = None, interval: float = 30.0) -> None:
+    """Tick every ``interval`` seconds until ``stop`` is set."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        try:
+            for outcome in tick():
+                if outcome.action in ("fired", "error"):
+                    logger.warning("drift check %s: %s %s", outcome.endpoint, outcome.action,
+                                   outcome.message or ", ".join(outcome.drifted))  # fmt: skip
+        except Exception:  # a bad spec or a store hiccup must not end the loop
+            logger.exception("drift checks failed; retrying in %.0f s", interval)
+        stop.wait(interval)
+
+
+def start_thread(interval: float = 30.0) -> tuple[threading.Thread, threading.Event]:
+    """:func:`serve` as a daemon thread; set the event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(stop, interval), name="mlcloud-monitor",
+                              daemon=True)  # fmt: skip
+    thread.start()
+    return thread, stop

@@ -80,7 +80,10 @@ def read_window(
     provider = provider or api.provider_named(endpoint_record.provider, store)
     until = time.time() if until_ts is None else until_ts
     found = provider.read_capture(endpoint_record, since_ts, until)
-    window = to_window(found.records, feature_names, found.dropped)
+    window = None if found.table is None else from_table(found.table, feature_names, found.dropped)
+    if window is None:
+        records = found.records if found.table is None else found.table.to_pylist()
+        window = to_window(records, feature_names, found.dropped)
     return add_labels(window, read_labels(store.home, endpoint_record.name))
 
 
@@ -115,6 +118,50 @@ def to_window(
         dropped=dropped,
         labels=np.full(len(ts), None, dtype=object),
     )
+
+
+def from_table(table: Any, names: Sequence[str] | None, dropped: int) -> CaptureWindow | None:
+    """The fast path: a pyarrow Table whose instances are rows of numbers of one width (what a
+    model with a fixed signature receives) → arrays without a Python object per value. None
+    when the table is not that shape (named features, strings, ragged rows): to_window then."""
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+    try:
+        outer = table.column("instances").combine_chunks()
+        preds = table.column("predictions").combine_chunks()
+        if not (pa.types.is_list(outer.type) and pa.types.is_list(outer.type.value_type)):
+            return None
+        if not _numeric(outer.type.value_type.value_type) or not _numeric(preds.type.value_type):
+            return None
+        counts = outer.value_lengths().to_numpy(zero_copy_only=False)
+        rows = outer.flatten()
+        widths = rows.value_lengths().to_numpy(zero_copy_only=False)
+        width = int(widths[0]) if len(widths) else len(names or ())
+        pred_counts = preds.value_lengths().to_numpy(zero_copy_only=False)
+        if (widths != width).any() or (pred_counts != counts).any():
+            return None
+        values = rows.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        predictions = preds.flatten().to_numpy(zero_copy_only=False)
+    except (pa.ArrowException, KeyError, ValueError, TypeError, AttributeError):
+        return None
+    keys = list(names) if names and len(names) == width else [str(i) for i in range(width)]
+    per_row = np.repeat  # each request's ts, id and version, once per instance
+    return CaptureWindow(
+        features=values.reshape(-1, width),
+        feature_names=keys,
+        predictions=predictions,
+        timestamps=per_row(table.column("ts").to_numpy().astype(np.float64), counts),
+        request_ids=per_row(np.asarray(table.column("request_id").to_pylist(), object), counts),
+        versions=per_row(np.asarray(table.column("version").to_pylist(), object), counts),
+        dropped=dropped,
+        labels=np.full(int(counts.sum()), None, dtype=object),
+    )
+
+
+def _numeric(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind))
 
 
 def _matrix(rows: list[Any], names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:

@@ -241,8 +241,11 @@ def _numeric(name: str, entry: dict[str, Any], ref: np.ndarray, current: np.ndar
 
 
 def _histogram(ref: np.ndarray, cur: np.ndarray) -> dict[str, Any]:
-    """Both sorted samples over the same equal-width bins, as fractions of each side."""
-    ends = [a[i] for a in (ref, cur) if a.size for i in (0, -1)]
+    """Both sorted samples over the same equal-width bins, as fractions of each side. The range
+    is the baseline's and the current's 0.1-99.9 % (a few wild values do not squash the chart);
+    the tails are counted in the end bins."""
+    tail = int(cur.size * 0.001)
+    ends = [a[i] for a in (ref, cur[tail : cur.size - tail]) if a.size for i in (0, -1)]
     lo, hi = (min(ends), max(ends)) if ends else (0.0, 1.0)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5

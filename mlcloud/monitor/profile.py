@@ -62,6 +62,11 @@ class Baseline:
 def load(root: Path | str, source: str | None = None) -> Baseline:
     """The baseline stored in model dir ``root``; its files must match the manifest's sha256."""
     root = Path(root)
+    if not (root / modeldir.MANIFEST).is_file():
+        raise NotFoundLocally(
+            f"{root} is not an mlcloud model directory (no {modeldir.MANIFEST})",
+            hint=NO_PROFILE_HINT,
+        )
     manifest = modeldir.read_manifest(root)
     files = manifest.get("files") or {}
     if modelprofile.PROFILE not in files:

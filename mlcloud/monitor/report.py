@@ -83,13 +83,13 @@ def render(result: DriftResult) -> str:
 
 
 def _table(result: DriftResult) -> str:
-    head = ("feature", "kind", "method", "statistic", "threshold", "p (adjusted)", "PSI",
+    head = ("feature", "kind", "method", "statistic", "drift when", "p (adjusted)", "PSI",
             "missing base / cur", "rows base / cur", "")  # fmt: skip
     rows = []
     for f in result.features:
         status = "drift" if f.drifted else "ok"
         cells = [
-            _e(f.name), f.kind, f.method, _num(f.statistic), _num(f.threshold),
+            _e(f.name), f.kind, f.method, _num(f.statistic), _rule(f),
             _num(f.p_adjusted), _num(f.psi),
             f"{f.missing_reference:.1%} / {f.missing_current:.1%}",
             f"{f.n_reference:,} / {f.n_current:,}",
@@ -100,13 +100,20 @@ def _table(result: DriftResult) -> str:
     return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
 
 
+def _rule(f: FeatureDrift) -> str:
+    """What drifts: a test's adjusted p-value under its level, a distance at its threshold."""
+    if f.p_value is not None or f.method in ("ks", "chi2"):
+        return f"p &lt; {_num(f.threshold)}"
+    return f"&ge; {_num(f.threshold)}"
+
+
 def _card(f: FeatureDrift) -> str:
     status = "drift" if f.drifted else "ok"
     p = f", p = {_num(f.p_adjusted)}" if f.p_adjusted is not None else ""
     return (
         f'<div class="card {status}" data-feature="{_e(f.name)}">'
         f'<h3>{_e(f.name)} <span class="badge {status}">{status.upper()}</span></h3>'
-        f"<p>{f.method} {_num(f.statistic)} (threshold {_num(f.threshold)}{p}), "
+        f"<p>{f.method} {_num(f.statistic)}{p} (drift: {_rule(f)}), "
         f"PSI {_num(f.psi)}</p>{_chart(f)}</div>"
     )
 

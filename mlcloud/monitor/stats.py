@@ -23,7 +23,8 @@ def ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
 def chi2(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, float]:
     """Chi-squared test of homogeneity on a 2xk table of category counts (both sides are
     samples, so not a goodness-of-fit against fixed proportions): (statistic, p-value).
-    Categories absent from both sides are dropped; one category left means no evidence."""
+    Categories absent from both sides are dropped; one category left means no evidence. With
+    two categories it is Evidently's two-proportion z-test (the statistic is z squared)."""
     table = np.vstack([reference_counts, current_counts]).astype(np.float64)
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():

@@ -115,7 +115,9 @@ def _walk(store: Store, run: db.RunRow) -> tuple[str, str | None]:
                 break
             done, _ = wait(list(futures), timeout=0.5, return_when=FIRST_COMPLETED)
             for future in done:
-                futures.pop(future)
+                name = futures.pop(future)
+                if future.exception() is not None:  # _one could not even record its end
+                    _crashed(store, run.id, name, future.exception())
     return _outcome(db.steps_of(store, run.id), db.get_run(store, run.id).cancel_requested)
 
 
@@ -150,6 +152,12 @@ def _gate(
     else:
         return all(rows[u].state == "SUCCEEDED" for u in ups)
     return None
+
+
+def _crashed(store: Store, run_id: str, step: str, exc: BaseException | None) -> None:
+    """A step whose thread failed outside its own error handling ends FAILED (never retried
+    in a loop); if even that cannot be written, the run ends with the runner's error."""
+    _end(store, run_id, step, "FAILED", f"runner error: {type(exc).__name__}: {exc}")
 
 
 def _false(row: db.StepRow) -> bool:
@@ -190,6 +198,7 @@ def _one(run: db.RunRow, pipeline: Pipeline, name: str, graph: dict[str, set[str
             outputs,
             run.provider,
             cancelled=lambda: db.get_run(store, run.id).cancel_requested,
+            home=store.home,
         )
         if row.state != "RUNNING":
             db.update_step(store, run.id, name, state="RUNNING", started_at=time.time())
@@ -255,7 +264,7 @@ def _dispatch(
     if step.kind == "job":
         result = run_steps.run_job(ctx, step, row, store)
     elif step.kind == "register":
-        result = run_steps.run_register(ctx, step, run_steps.register_source(ctx, step))
+        result = run_steps.run_register(ctx, step, run_steps.register_source(ctx, step), store)
     else:
         model, _ = run_steps.deploy_model(ctx, step, store)
         result = run_steps.run_deploy(ctx, step, model)
@@ -269,7 +278,7 @@ def _cache_key(
 ) -> tuple[str, Any]:
     provider = ctx.provider_of(step)
     if step.kind == "job":
-        digest = run_steps.job_digest(run_steps.job_spec(ctx, step), provider)
+        digest = run_steps.job_digest(run_steps.job_spec(ctx, step), provider, store.home)
         return digest, run_steps.job_cache_valid
     if step.kind == "register":
         assert step.register_ is not None

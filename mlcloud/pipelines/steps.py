@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlcloud import api, datadigest, model_registry
 from mlcloud.errors import MlcloudError, NotFoundLocally, SpecError
 from mlcloud.pipelines import expr
 from mlcloud.pipelines.spec import _REF, Pipeline, Step, substitute
-from mlcloud.records import JobRecord, JobState
+from mlcloud.records import JobRecord, JobState, ModelVersionRecord
 from mlcloud.specs import TrainingJob, validate_spec
 from mlcloud.store import Store
+from mlcloud.store import models as models_db
 from mlcloud.store import pipelines as db
 
 POLL_S = 0.05  # a local job's status is a store read: cheap to ask often
@@ -43,6 +46,7 @@ class Context:
     outputs: Mapping[str, dict[str, Any]]  # finished upstream step -> its outputs
     provider: str | None
     cancelled: Callable[[], bool]
+    home: Path | None = None  # where copies of other providers' artifacts go (None: no copies)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -88,9 +92,19 @@ def job_spec(ctx: Context, step: Step, placeholder: bool = False) -> TrainingJob
             raise StepFailed(
                 f"step {step.name!r}, inputs.{name}: {value} is {resolved!r}, not a path or URI"
             )
-        inputs[name] = resolved
+        inputs[name] = _readable(ctx, step, resolved)
     data["inputs"] = inputs
     return validate_spec(TrainingJob, data, f"job of step {step.name!r}")
+
+
+def _readable(ctx: Context, step: Step, uri: str) -> str:
+    """``uri`` where the step's provider can read it (a copy from another provider's store)."""
+    if ctx.home is None:
+        return uri
+    from mlcloud.pipelines import artifacts
+
+    kind = api.resolve_profile(ctx.provider_of(step)).type
+    return artifacts.for_provider(kind, uri, ctx.home)
 
 
 def digest_of(kind: str, payload: Any) -> str:
@@ -98,13 +112,40 @@ def digest_of(kind: str, payload: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def job_digest(spec: TrainingJob, provider: str | None) -> str:
+def job_digest(spec: TrainingJob, provider: str | None, home: Path) -> str:
     """The spec, the provider and the content of its source and local inputs."""
-    data = datadigest.digests({"__source__": spec.source, **spec.inputs})
-    content = {k: v["digest"] for k, v in data.items()}
+    content = {
+        name: tree_digest(uri, home)
+        for name, uri in sorted({"__source__": spec.source, **spec.inputs}.items())
+    }
     return digest_of(
         "job", {"spec": spec.model_dump(mode="json"), "provider": provider, "content": content}
     )
+
+
+_SKIP_DIRS = frozenset({".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+
+
+def tree_digest(uri: str, home: Path) -> str | None:
+    """:func:`mlcloud.datadigest.digest` of a file or directory, leaving out what does not
+    change a job (caches, .git) and the store's own home: reading the state database through
+    another descriptor would drop this process's SQLite locks (sensitive.private_database)."""
+    if datadigest.is_remote(uri):
+        return f"uri:{uri}"
+    root = Path(uri.removeprefix("file://")).expanduser().resolve()
+    if not root.is_dir():
+        return str(datadigest.digest(str(root))["digest"])
+    skip = home.resolve()
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and here / d != skip)
+        for name in sorted(files):
+            full = here / name
+            with full.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            h.update(f"{full.relative_to(root).as_posix()}\0{digest}\n".encode())
+    return h.hexdigest()
 
 
 def job_outputs(record: JobRecord) -> dict[str, Any]:
@@ -171,8 +212,6 @@ def job_cache_valid(outputs: dict[str, Any]) -> bool:
 
 
 def _exists(local: str) -> bool:
-    from pathlib import Path
-
     return Path(local.removeprefix("file://")).exists()
 
 
@@ -208,21 +247,33 @@ def register_source(ctx: Context, step: Step) -> str:
     return value
 
 
-def run_register(ctx: Context, step: Step, source: str) -> dict[str, Any]:
-    assert step.register_ is not None
-    version = api.register_model(
-        source,
-        step.register_.name,
-        alias=step.register_.alias,
-        provider=step.provider,
-        reason=f"pipeline {ctx.pipeline.name}, run {ctx.run_id}, step {step.name}",
-    )
+def run_register(ctx: Context, step: Step, source: str, store: Store) -> dict[str, Any]:
+    """Register ``source``; a version already registered from it (a runner killed after the
+    registration, a re-run without the cache) is reused, its alias moved if it must be."""
+    spec = step.register_
+    assert spec is not None
+    reason = f"pipeline {ctx.pipeline.name}, run {ctx.run_id}, step {step.name}"
+    version = _registered(store, spec.name, source)
+    if version is None:
+        version = api.register_model(
+            source, spec.name, alias=spec.alias, provider=step.provider, reason=reason
+        )
+    elif spec.alias and models_db.aliases_of(store, spec.name).get(spec.alias) != version.version:
+        api.move_alias(spec.name, spec.alias, version.version, reason=reason)
     return {
         "ref": version.ref,
         "name": version.name,
         "version": version.version,
         "uri": version.uri,
     }
+
+
+def _registered(store: Store, name: str, source: str) -> ModelVersionRecord | None:
+    try:
+        versions = models_db.versions_of(store, name)
+    except NotFoundLocally:
+        return None
+    return next((v for v in versions if source in (v.source_job, v.uri)), None)
 
 
 def register_cache_valid(outputs: dict[str, Any], store: Store) -> bool:
@@ -241,8 +292,9 @@ def deploy_model(ctx: Context, step: Step, store: Store) -> tuple[str, str | Non
         raise StepFailed(f"deploy.model {step.deploy.model} is {value!r}, not a model")
     if model_registry.looks_like_ref(value):
         version = model_registry.resolve(store, value)
-        return value, version.sha256 or version.uri
-    return value, value
+        copied = _readable(ctx, step, version.uri)  # a model registered on another provider
+        return (value if copied == version.uri else copied), version.sha256 or version.uri
+    return _readable(ctx, step, value), value
 
 
 def run_deploy(ctx: Context, step: Step, model: str) -> dict[str, Any]:
@@ -254,7 +306,13 @@ def run_deploy(ctx: Context, step: Step, model: str) -> dict[str, Any]:
     spec, provider = step.deploy, ctx.provider_of(step)
     if spec.canary is not None and _serving(spec.endpoint, provider):
         from mlcloud import rollouts
+        from mlcloud.store import rollouts as rollouts_db
 
+        prov = api.get_provider(provider)
+        active = rollouts_db.active_for(prov.store, spec.endpoint, prov.name)
+        if active is not None and active.model == model:  # started before a runner was killed
+            return {"endpoint": spec.endpoint, "url": None, "rollout": f"r-{active.id}",
+                    "model": model}  # fmt: skip
         row = rollouts.start(
             model, spec.endpoint, provider, spec.canary, float(parse_duration(spec.bake)), spec.gate
         )

@@ -47,10 +47,22 @@ def baseline(trigger: Trigger, now: float) -> dict[str, Any]:
     if trigger.schedule is not None:
         return {"last": now}
     if trigger.data is not None:
-        return {"digest": datadigest.digest(trigger.data)["digest"], "n": 0, "checked": now}
+        return {"digest": data_digest(trigger.data), "n": 0, "checked": now}
     if trigger.model is not None:
         return {"seq": _last_move(trigger.model)[0]}
     return {}
+
+
+def data_digest(uri: str) -> str | None:
+    """The content digest of a local file or directory, or of what a bucket URI holds (its
+    objects' names and ETags / generations: nothing is downloaded)."""
+    if not datadigest.is_remote(uri):
+        return datadigest.digest(uri)["digest"]  # type: ignore[no-any-return]
+    if not uri.startswith(("s3://", "gs://")):
+        return f"uri:{uri}"  # not watched (schedule warns): never changes
+    from mlcloud.pipelines import artifacts
+
+    return artifacts.remote_digest(uri)
 
 
 def schedule(file: str | Path, provider: str | None = None) -> dict[str, Any]:
@@ -64,9 +76,9 @@ def schedule(file: str | Path, provider: str | None = None) -> dict[str, Any]:
     if provider is not None:
         data = {**data, "provider": provider}
     warnings = [
-        f"data trigger {t.data}: a remote URI is not watched yet (only local paths)"
+        f"data trigger {t.data}: only local paths, s3:// and gs:// are watched"
         for t in pipeline.triggers
-        if t.data and datadigest.is_remote(t.data)
+        if t.data and datadigest.is_remote(t.data) and not t.data.startswith(("s3://", "gs://"))
     ]
     now = time.time()
     states = [(t.kind, baseline(t, now)) for t in pipeline.triggers]
@@ -128,14 +140,14 @@ def trigger(name: str, reason: str = "manual", detail: str | None = None) -> db.
 def tick(store: Store | None = None, now: float | None = None) -> list[db.Firing]:
     """Check every trigger once, start the runs due; returns the firings recorded now."""
     with _store(store) as st:
-        before = {f.id for f in db.firings(st, limit=1_000_000)}
+        before = db.last_firing(st)
         for row in db.schedules(st):
             try:
                 check(st, row, time.time() if now is None else now)
-            except MlcloudError as exc:  # one broken pipeline does not stop the others
-                runner.log(st, "scheduler", f"{row['name']}: {exc.message}")
+            except Exception as exc:  # a broken pipeline or an unreachable bucket: the others go on
+                runner.log(st, "scheduler", f"{row['name']}: {type(exc).__name__}: {exc}")
             dispatch(st, row)
-        return [f for f in db.firings(st, limit=1_000_000) if f.id not in before]
+        return db.firings(st, after=before)
 
 
 def check(store: Store, row: dict[str, Any], now: float) -> None:
@@ -190,7 +202,7 @@ def _check_data(
     wait_s = parse_duration(t.settle) if pending else parse_duration(t.every)
     if now - float(state.get("checked", 0)) < wait_s:
         return
-    digest = datadigest.digest(t.data)["digest"]
+    digest = data_digest(t.data)
     new = {**state, "checked": now}
     if digest == state.get("digest"):
         new.pop("pending", None)
@@ -282,8 +294,8 @@ def serve(
         while not stop.is_set():
             try:
                 tick(store)
-            except MlcloudError as exc:
-                runner.log(store, "scheduler", f"tick failed: {exc.message}")
+            except Exception as exc:  # the store went away for a moment: the loop lives on
+                runner.log(store, "scheduler", f"tick failed: {type(exc).__name__}: {exc}")
             stop.wait(interval)
 
 

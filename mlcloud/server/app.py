@@ -36,11 +36,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(check_startup, settings)  # beyond loopback: tokens or no start
         log.info("ready", extra={"host": settings.host, "port": settings.port})
+        from mlcloud.monitor import alerts
         from mlcloud.pipelines import start_thread  # pipeline triggers (one worker fires them)
 
         _, stop_scheduler = start_thread()
+        _, stop_checks = alerts.start_thread()  # endpoints' drift checks (claimed in the store)
         yield
         stop_scheduler.set()
+        stop_checks.set()
         log.info("stopped: in-flight requests finished")
 
     from mlcloud import __version__ as version

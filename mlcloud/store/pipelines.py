@@ -304,10 +304,22 @@ def fire(
     return row is not None
 
 
+def last_firing(store: Store) -> int:
+    (last,) = store._db.execute("SELECT COALESCE(MAX(id), 0) FROM pipeline_firings").fetchone()
+    return int(last)
+
+
 def firings(
-    store: Store, name: str | None = None, state: str | None = None, limit: int = 1000
+    store: Store,
+    name: str | None = None,
+    state: str | None = None,
+    limit: int = 1000,
+    *,
+    after: int = 0,
 ) -> list[Firing]:
-    query, args = "SELECT * FROM pipeline_firings WHERE 1 = 1", []
+    """Firings, oldest first (``after``: only those with a greater id)."""
+    query = "SELECT * FROM pipeline_firings WHERE id > ?"
+    args: list[Any] = [after]
     if name is not None:
         query += " AND pipeline = ?"
         args.append(name)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlcloud.errors import ConfigError, NotFoundLocally, SpecError, UnsupportedFeature
 from mlcloud.records import EndpointRecord, Plan, PlanStep
-from providers.azureml import machines
+from providers.azureml import capture, machines
 from providers.azureml.job_plan import arm_id, environment_id
 
 if TYPE_CHECKING:
@@ -227,6 +227,7 @@ def entities(provider: AzureMLProvider, deployment: Deployment) -> Entities:
         liveness_probe=ProbeSettings(**PROBE),
         readiness_probe=ProbeSettings(**PROBE),
         tags=tags,
+        data_collector=capture.data_collector(deployment),  # the deployment's ``capture``
     )
     endpoint = ManagedOnlineEndpoint(name=deployment.name, auth_mode="key", tags=tags)
     return Entities(endpoint, online, environment, chosen)

@@ -44,18 +44,26 @@ def read(
 
 
 def read_dir(directory: Path, since: float, until: float) -> CapturedRecords:
-    """Every whole record in the window; a file is opened only if its span can overlap it (its
-    name holds its opening time, its mtime its last write)."""
-    records: list[dict[str, Any]] = []
+    """Every whole record in the window; a file is read only if its span can overlap it (its
+    name holds its opening time, its mtime its last write). Read in bulk by pyarrow's JSON
+    reader when it is installed and the files parse as one table (a 1M-row window: seconds,
+    not the tens of seconds of one ``json.loads`` a line); else line by line."""
+    blobs = []
     for path in sorted(directory.glob(f"{fmt.PREFIX}*{fmt.SUFFIX}")):
         try:
             opened = int(path.name[len(fmt.PREFIX) :].split("-", 1)[0]) / 1000
             # mtime is the kernel's coarse clock (behind time.time() by a tick): a margin
             if opened >= until or path.stat().st_mtime < since - 2.0:
                 continue
-            data = path.read_bytes()
+            blobs.append(path.read_bytes())
         except (ValueError, FileNotFoundError):  # not ours, or deleted by the cap meanwhile
             continue
+    dropped = _dropped(directory)
+    table = _arrow(blobs, since, until)
+    if table is not None:
+        return CapturedRecords([], dropped, table=table)
+    records: list[dict[str, Any]] = []
+    for data in blobs:
         for line in data.splitlines():
             try:
                 rec = json.loads(line)
@@ -64,7 +72,29 @@ def read_dir(directory: Path, since: float, until: float) -> CapturedRecords:
             if since <= rec.get("ts", 0) < until:
                 records.append(rec)
     records.sort(key=lambda r: r["ts"])
-    return CapturedRecords(records, _dropped(directory))
+    return CapturedRecords(records, dropped)
+
+
+def _arrow(blobs: list[bytes], since: float, until: float) -> Any:
+    """The window as one pyarrow Table sorted by ``ts``, or None (no pyarrow, no records, or
+    records that do not make one table: mixed types, a line being written)."""
+    whole = [b[: b.rfind(b"\n") + 1] for b in blobs]  # a last line without its newline: later
+    data = b"".join(whole)
+    if not data:
+        return None
+    try:
+        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow.compute as pc  # type: ignore[import-untyped]
+        import pyarrow.json as pj  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    try:
+        table = pj.read_json(pa.BufferReader(data))
+        ts = table.column("ts")
+        keep = pc.and_(pc.greater_equal(ts, since), pc.less(ts, until))
+        return table.filter(keep).sort_by("ts")
+    except (pa.ArrowException, KeyError, ValueError, TypeError):
+        return None
 
 
 def _dropped(directory: Path) -> int:

@@ -404,6 +404,7 @@ def predict(provider: LocalProvider, name: str, payload: Any) -> Any:
             break
         except OSError as exc:
             pid = front["pid"]
+            _settle(front)
             record = status(provider, name)
             if attempt == 1 and record.details["front"]["pid"] != pid:
                 continue  # the front was restarted: once more
@@ -429,6 +430,15 @@ def predict(provider: LocalProvider, name: str, payload: Any) -> Any:
             else 'check the request: {"instances": [...]}, each shaped as the model\'s input'
         )
     raise error
+
+
+def _settle(front: FrontIdent, within: float = 1.0) -> None:
+    """A front that did not answer may be dying (a SIGKILL takes a few ms, longer on a busy
+    machine, during which it still looks alive): give it a moment to be gone, so that
+    ``status`` restarts it instead of reporting a live front that refused."""
+    deadline = time.monotonic() + within
+    while procs.alive(front) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def undeploy(provider: LocalProvider, name: str) -> EndpointRecord | None:

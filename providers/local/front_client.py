@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Iterable
@@ -139,8 +140,17 @@ class UpstreamClient:
                 conn.transport.close()
         host, port, _ = self._address(base)
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            _, proto = await loop.create_connection(_Conn, host, port)
+        # A socket connected here, not a host handed to the loop: uvloop would resolve even an
+        # IP literal on libuv's thread pool (threads slow the front's death, see front._listen).
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await _connect(loop, sock, (host, port))
+            _, proto = await loop.create_connection(_Conn, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         return proto
 
     def _address(self, base: str) -> tuple[str, int, bytes]:
@@ -163,6 +173,33 @@ class UpstreamClient:
                 if conn.transport is not None:
                     conn.transport.close()
         self.idle.clear()
+
+
+async def _connect(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[str, int]
+) -> None:
+    """A non-blocking connect to an address already numeric (``loop.sock_connect`` under uvloop
+    resolves it again, on its thread pool)."""
+    try:
+        sock.connect(address)
+        return
+    except BlockingIOError:
+        pass
+    writable: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not writable.done():
+            writable.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await writable
+    finally:
+        loop.remove_writer(fd)
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, f"{os.strerror(error)} ({address[0]}:{address[1]})")
 
 
 def header_pairs(raw: list[tuple[bytes, bytes]], drop: frozenset[str]) -> list[tuple[str, Any]]:

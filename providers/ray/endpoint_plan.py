@@ -138,6 +138,10 @@ def _refuse(deployment: Deployment, where: str) -> None:
             hint="every endpoint is behind the cluster's Serve proxy: set serve_host / "
             "serve_port in the profile",
         )
+    if deployment.capture is not None:  # the replicas' disks are the cluster's, not readable here
+        raise UnsupportedFeature(
+            "request capture", where, hint="drop capture: capture runs on local and the clouds"
+        )
 
 
 def _model(deployment: Deployment) -> tuple[Path, dict[str, Any], bytes]:

@@ -159,4 +159,3 @@ def object_key(settings: SageMakerSettings, endpoint: str, variant: str, when: d
     """Where SageMaker puts a capture file written at ``when`` (tests write fixtures there)."""
     _, _, prefix = destination(settings).removeprefix("s3://").partition("/")
     return f"{prefix}/{endpoint}/{variant}/{when:%Y/%m/%d/%H}/{when:%M-%S-%f}-capture.jsonl"
-

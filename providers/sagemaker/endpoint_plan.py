@@ -261,7 +261,11 @@ def _config_name(endpoint: str, variants: list[Variant]) -> str:
 def _create_endpoint_config(
     name: str, variants: list[Variant], tags: list[Tag], capture: dict[str, Any] | None = None
 ) -> PlanStep:
-    request = {"EndpointConfigName": name, "ProductionVariants": variants, "Tags": tags}
+    request: dict[str, Any] = {
+        "EndpointConfigName": name,
+        "ProductionVariants": variants,
+        "Tags": tags,
+    }
     if capture is not None:  # the deployment's ``capture`` (providers/sagemaker/capture.py)
         request["DataCaptureConfig"] = capture
     return PlanStep("sagemaker.CreateEndpointConfig", request)

@@ -90,8 +90,9 @@ def _query(
     from google.cloud import bigquery
 
     client = bigquery.Client(project=provider.settings.project)
+    # the table name: a validated project id and endpoint name; the window: query parameters
     sql = (
-        "SELECT deployed_model_id, logging_time, CAST(request_id AS STRING) AS request_id, "
+        "SELECT deployed_model_id, logging_time, CAST(request_id AS STRING) AS request_id, "  # noqa: S608
         f"request_payload, response_payload FROM `{table(provider.settings, record.name)}` "
         "WHERE logging_time >= @since AND logging_time < @until ORDER BY logging_time "
         f"LIMIT {MAX_ROWS}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlcloud import modeldir
 from mlcloud.errors import ConfigError, NotFoundLocally, SpecError, UnsupportedFeature
@@ -30,11 +30,11 @@ if TYPE_CHECKING:
     from providers.vertex.protojson import (
         CreateEndpointRequest,
         DeployModelRequest,
+        Endpoint,
         UndeployModelRequest,
         UploadModelRequest,
     )
     from providers.vertex.provider import VertexProvider
-    from providers.vertex.settings import VertexSettings
 
 UPLOAD, CREATE, DEPLOY, UNDEPLOY, UPDATE = (
     "ModelService.UploadModel",
@@ -247,20 +247,14 @@ def _upload(
 
 def _create(provider: VertexProvider, d: Deployment) -> CreateEndpointRequest:
     conf = provider.settings
-    return {
-        "parent": conf.parent,
-        "endpointId": d.name,
-        "endpoint": {
-            "displayName": d.name,
-            "labels": {**conf.labels, "mlcloud-endpoint": d.name},
-            **_logging(d, conf),
-        },
+    endpoint: Endpoint = {
+        "displayName": d.name,
+        "labels": {**conf.labels, "mlcloud-endpoint": d.name},
     }
-
-
-def _logging(d: Deployment, conf: VertexSettings) -> dict[str, Any]:
-    config = capture.logging_config(d, conf)
-    return {} if config is None else {capture.UPDATE_MASK: config}
+    logging = capture.logging_config(d, conf)
+    if logging is not None:  # the deployment's ``capture`` (capture.py)
+        endpoint["predictRequestResponseLoggingConfig"] = logging
+    return {"parent": conf.parent, "endpointId": d.name, "endpoint": endpoint}
 
 
 def _deploy(

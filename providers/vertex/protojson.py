@@ -4,7 +4,7 @@ names, int64 as strings), as TypedDicts: the planners build these without import
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class EnvVar(TypedDict):
@@ -99,6 +99,7 @@ class UploadModelRequest(TypedDict):
 class Endpoint(TypedDict):
     displayName: str
     labels: dict[str, str]
+    predictRequestResponseLoggingConfig: NotRequired[dict[str, Any]]  # capture (issue 13)
 
 
 class CreateEndpointRequest(TypedDict):

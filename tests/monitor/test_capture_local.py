@@ -256,3 +256,29 @@ def test_an_endpoint_without_capture_says_so(
             read_window(record, 0, store=store)
     finally:
         provider.undeploy("plain")
+
+
+def test_deploy_capture_flag_plans_the_capture_env(home: Path, model: Path) -> None:
+    out = subprocess.run(
+        [*MLCLOUD, "deploy", str(model), "--name", "flagged", "--capture", "0.25",
+         "--dry-run", "-o", "json"],
+        env=cli_env(MLCLOUD_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    (server,) = [s["request"] for s in plan["steps"] if "bentoml" in s["request"].get("argv", [])]
+    env = server["env"]
+    assert env["MLCLOUD_CAPTURE_SAMPLE"] == "0.25" and env["MLCLOUD_CAPTURE_MAX_MB"] == "512"
+    assert env["MLCLOUD_CAPTURE_DIR"] == str(capture_dir(home, "flagged"))
+    assert env["MLCLOUD_SERVE_VERSION"] == "v1"
+    bad = subprocess.run(
+        [*MLCLOUD, "deploy", str(model), "--name", "flagged", "--capture", "0", "--dry-run"],
+        env=cli_env(MLCLOUD_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2

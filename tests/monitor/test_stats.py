@@ -83,3 +83,12 @@ def test_benjamini_hochberg_by_hand() -> None:
     expected = [0.04, 0.0533333, 0.0533333, 0.20]
     assert stats.benjamini_hochberg(p).tolist() == pytest.approx(expected, rel=1e-5)
     assert stats.benjamini_hochberg([]).size == 0
+
+
+def test_chi2_on_two_categories_is_the_two_proportion_z_test() -> None:
+    ref, cur = np.array([300.0, 700.0]), np.array([90.0, 110.0])
+    p1, p2 = ref[0] / ref.sum(), cur[0] / cur.sum()
+    pooled = (ref[0] + cur[0]) / (ref.sum() + cur.sum())
+    z = (p1 - p2) / np.sqrt(pooled * (1 - pooled) * (1 / ref.sum() + 1 / cur.sum()))
+    statistic, p = stats.chi2(ref, cur)
+    assert statistic == pytest.approx(z**2) and p == pytest.approx(2 * sps.norm.sf(abs(z)))

@@ -8,9 +8,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from mlcloud import api
 from mlcloud import pipelines as pl
 from mlcloud.errors import NotFoundLocally
+from mlcloud.store import Store
+from mlcloud.store import pipelines as db
 from tests.pipelines.conftest import job, write
 
 WAIT = 90
@@ -140,7 +144,7 @@ def test_cancel_stops_the_running_job_and_what_follows(project: Path) -> None:
     }
     run = pl.run(write(project, data))
     deadline = time.monotonic() + 30
-    while not steps(pl.get(run.id))["long"].job_id:  # type: ignore[attr-defined]
+    while not _running(str(steps(pl.get(run.id))["long"].job_id)):  # type: ignore[attr-defined]
         assert time.monotonic() < deadline
         time.sleep(0.05)
     pl.cancel(run.id)
@@ -163,3 +167,47 @@ def test_conditions_false_skip_and_missing_metrics_fail_clearly(project: Path) -
     gate = steps(bad)["gate"]
     assert bad.state == "FAILED" and gate.state == "FAILED"  # type: ignore[attr-defined]
     assert "c.metrics.accuracy does not exist (it has: score)" in str(gate.message)  # type: ignore[attr-defined]
+
+
+def test_a_run_on_the_postgresql_store(
+    project: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner (forked or a fresh process) keeps its state in the team server's store."""
+    monkeypatch.setenv("MLCLOUD_DATABASE_URL", pg_url)
+    for fork in ("1", "0"):
+        monkeypatch.setenv("MLCLOUD_PIPELINES_NO_FORK", "0" if fork == "1" else "1")
+        run = pl.wait(pl.run(write(project, dag())).id, timeout=WAIT)
+        assert run.state == "SUCCEEDED", pl.describe(run)
+        assert Store.open().backend == "postgresql"
+
+
+TRAIN_TINY = """\
+from sklearn.linear_model import LogisticRegression
+from mlcloud import runtime
+model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
+runtime.save_model(model, "sklearn")
+"""
+
+
+def test_a_resumed_register_step_reuses_the_version_it_made(project: Path) -> None:
+    (project / "train_tiny.py").write_text(TRAIN_TINY)
+    data = {
+        "name": "reg",
+        "steps": [
+            {"name": "train", "job": {"name": "tiny", "command": ["python", "train_tiny.py"]}},
+            {"name": "register",
+             "register": {"model": "train.model", "name": "tiny", "alias": "challenger"}},
+        ],
+    }  # fmt: skip
+    run = pl.wait(pl.run(write(project, data)).id, timeout=WAIT)
+    assert run.state == "SUCCEEDED", pl.describe(run)
+    assert steps(run)["register"].outputs["ref"] == "tiny:1"  # type: ignore[attr-defined]
+    # a runner killed after registering, before recording it: the step is not SUCCEEDED
+    store = Store.open()
+    db.update_step(store, run.id, "register", state="FAILED", outputs={})
+    db.update_run(store, run.id, state="FAILED")
+    store.close()
+    again = pl.wait(pl.resume(run.id).id, timeout=WAIT)
+    assert again.state == "SUCCEEDED"
+    assert steps(again)["register"].outputs["ref"] == "tiny:1"  # type: ignore[attr-defined]
+    assert [v["version"] for v in api.model("tiny")["versions"]] == [1]

@@ -92,7 +92,8 @@ class DataPlane:
         if method == "PUT":
             self.blobs[name] = body
             return 201, {**ok, "Content-MD5": ""}, b""
-        if method in ("HEAD", "GET") and query.get("restype") == "container":
+        listing = query.get("comp") == "list"  # List Blobs: ?restype=container&comp=list
+        if method in ("HEAD", "GET") and query.get("restype") == "container" and not listing:
             return 200, ok, b""
         if method in ("HEAD", "GET") and name in self.blobs:
             data = self.blobs[name]

@@ -294,6 +294,8 @@ class VertexApi:
         for path in request.update_mask.paths:
             if path == "traffic_split":
                 self._set_split(current, dict(endpoint.traffic_split))
+            elif path == "predict_request_response_logging_config":  # a message: copied
+                getattr(current, path).CopyFrom(getattr(endpoint, path))
             elif path == "labels":
                 current.labels.clear()
                 current.labels.update(dict(endpoint.labels))

@@ -97,7 +97,7 @@ def deployed(provider: SageMakerProvider, far_end: Recorder, tmp_path: Path) -> 
 def test_the_plan_turns_on_data_capture(
     provider: SageMakerProvider, far_end: Recorder, deployed: Any, tmp_path: Path
 ) -> None:
-    plan, record = deployed
+    plan, _ = deployed
     check_golden("sagemaker", "deploy-capture", masked(plan, str(tmp_path)))
     assert far_end.sent() == planned(plan)
     (config,) = [s.request for s in plan.steps if s.call == "sagemaker.CreateEndpointConfig"]
@@ -124,7 +124,8 @@ def test_read_window_reads_what_sagemaker_wrote(provider: SageMakerProvider, dep
     now = datetime.now(UTC).replace(microsecond=0)
     hour_ago = now - timedelta(hours=1, minutes=5)
     bucket = str(provider.settings.bucket)
-    lines = [_line(now - timedelta(seconds=30), [[5.1, 3.5, 1.4, 0.2]], [0], "req-1"), _csv_line(now)]
+    first = _line(now - timedelta(seconds=30), [[5.1, 3.5, 1.4, 0.2]], [0], "req-1")
+    lines = [first, _csv_line(now)]
     s3.put_object(Bucket=bucket, Key=object_key(provider.settings, NAME, variant, now),
                   Body="\n".join(lines) + "\n")  # fmt: skip
     old = _line(hour_ago, [[1.0, 1.0, 1.0, 1.0]], [1], "req-old")

@@ -46,7 +46,8 @@ def test_create_endpoint_turns_on_the_log(
     assert config.enabled and config.sampling_rate == pytest.approx(0.1)
     assert config.bigquery_destination.output_uri == "bq://mlcloud-test.mlcloud_capture.ep_capture"
     (created,) = fake.vertex.calls("EndpointService.CreateEndpoint")
-    (planned_create,) = [s.request for s in plan.steps if s.call == "EndpointService.CreateEndpoint"]
+    create = "EndpointService.CreateEndpoint"
+    (planned_create,) = [s.request for s in plan.steps if s.call == create]
     logged = planned_create["endpoint"]["predictRequestResponseLoggingConfig"]
     assert created["endpoint"]["predictRequestResponseLoggingConfig"] == logged
 
