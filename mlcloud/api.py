@@ -339,6 +339,8 @@ class DeployOptions(TypedDict, total=False):
     capture: float | Mapping[str, object] | None
     #: scheduled drift checks: ``{every, window, cooldown, on_drift: {pipeline}}``
     monitor: Mapping[str, object] | None
+    #: a split between the new and the serving version: ``{"new": W, "previous": 100 - W}``
+    traffic: Mapping[str, int] | None
 
 
 def resolve_model(ref: str, store: Store) -> tuple[str, str | None]:
@@ -390,7 +392,7 @@ def build_deployment(
     sample = options.get("capture")
     if sample is not None:
         data["capture"] = {"sample": sample} if isinstance(sample, int | float) else dict(sample)
-    for key in ("port", "host", "env", "resources", "monitor"):
+    for key in ("port", "host", "env", "resources", "monitor", "traffic"):
         value = options.get(key)
         if value:
             data[key] = dict(value) if isinstance(value, Mapping) else value

@@ -338,8 +338,25 @@ def cancel(job_id: str, output: str) -> None:
     is_flag=True,
     help="MODEL is NAME@ALIAS: moving the alias (models alias / rollback) redeploys this endpoint.",
 )
+@click.option(
+    "--canary",
+    type=click.IntRange(1, 99),
+    metavar="PERCENT",
+    help="Roll MODEL out as a canary taking PERCENT of the serving endpoint's traffic, promoted "
+    "or rolled back by --gate (same as `mlcloud rollouts start`).",
+)
+@click.option("--bake", default="10m", show_default=True, help="With --canary: each step's bake.")
+@click.option(
+    "--gate",
+    default="error_rate<1%,p99_ms<200",
+    show_default=True,
+    help="With --canary: what the canary must stay under.",
+)
+@click.option("--steps", help="With --canary: the canary's weight at each step, e.g. 10,50,100.")
 @output_option
+@click.pass_context
 def deploy(
+    ctx: click.Context,
     model: str,
     name: str,
     provider: str | None,
@@ -356,10 +373,22 @@ def deploy(
     on_drift: str | None,
     monitor_every: str | None,
     follow_alias: bool,
+    canary: int | None,
+    bake: str,
+    gate: str,
+    steps: str | None,
     output: str,
 ) -> None:
     """Serve MODEL (a model directory, URI, job id, or NAME@ALIAS / NAME:VERSION from the model
     registry) as endpoint --name."""
+    if canary is not None and not dry_run:
+        from mlcloud.cli.rollouts import rollouts_start
+
+        ctx.invoke(
+            rollouts_start, model=model, name=name, provider=provider, canary=canary,
+            bake=bake, gate=gate, steps=steps, trust_code=trust_code, force=force, output=output,
+        )  # fmt: skip
+        return
     api = _facade()
 
     options: DeployOptions = {
@@ -377,6 +406,8 @@ def deploy(
         if on_drift:
             monitor["on_drift"] = {"pipeline": on_drift}
         options["monitor"] = monitor
+    if canary is not None:  # the dry-run of a canary: its first step's split
+        options["traffic"] = {"new": canary, "previous": 100 - canary}
     if dry_run:
         _print_plan(_planned(lambda: api.plan_deploy(model, name, provider, **options)), output)
         return

@@ -185,11 +185,25 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.gateway = gateway
     # rollouts running in this process judge canaries on what the gateway saw
     rollout_stats.use_server_metrics(gateway_metrics.version_stats)
+    # rollouts whose controller died with the previous server carry on here, as threads
+    await run_in_threadpool(_resume_rollouts)
     try:
         yield
     finally:
         rollout_stats.use_server_metrics(None)
         await gateway.aclose()
+
+
+def _resume_rollouts() -> None:
+    from mlcloud import rollouts
+
+    try:
+        resumed = rollouts.resume_all()
+    except MlcloudError as exc:  # the server still serves; `rollouts show` heals them later
+        log.warning("rollouts not resumed: %s", exc)
+        return
+    if resumed:
+        log.info("rollouts resumed", extra={"rollouts": [f"r-{r.id}" for r in resumed]})
 
 
 router = APIRouter(lifespan=_lifespan, tags=["predict"])
