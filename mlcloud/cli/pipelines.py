@@ -307,15 +307,22 @@ def pipelines_trigger(name: str, reason: str, detail: str | None, output: str) -
 )
 @click.option("--once", is_flag=True, help="Look once, start what is due, and exit.")
 def scheduler(interval: float, once: bool) -> None:
-    """Fire scheduled pipelines' triggers on this machine until stopped (Ctrl-C)."""
+    """Fire scheduled pipelines' triggers, and run endpoints' scheduled drift checks, on this
+    machine until stopped (Ctrl-C)."""
     from mlcloud import pipelines as pl
+    from mlcloud.monitor import alerts
 
     if once:
         for firing in pl.tick():
             click.echo(f"fired {firing.pipeline}: {firing.reason}")
+        for check in alerts.tick():
+            click.echo(f"drift check {check.endpoint}: {check.action}")
         return
     click.echo(f"scheduler running (every {interval:g}s); Ctrl-C stops it", err=True)
+    _, stop_checks = alerts.start_thread()
     try:
         pl.serve(interval=interval)
     except KeyboardInterrupt:
         click.echo("scheduler stopped", err=True)
+    finally:
+        stop_checks.set()

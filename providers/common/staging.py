@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from mlcloud.errors import SpecError
+from mlcloud.store import mlcloud_home
 
 MAX_SOURCE_BYTES = 500 * 1024 * 1024
 RUNTIME_DIR = "_mlcloud"
@@ -153,13 +154,16 @@ def _walk(source: Path) -> Iterator[tuple[str, Path]]:
     root = source.resolve()
     always = parse_ignore(ALWAYS_EXCLUDE)
     user = _user_rules(source)
+    # mlcloud's own home (the state store, job dirs, tokens) inside a source is never shipped;
+    # nor read: opening state.db here would drop this process's SQLite locks on it.
+    home = mlcloud_home().resolve()
 
     def escapes(path: Path) -> bool:
         return path != root and root not in path.parents
 
     def visit(directory: Path, rel: str, ancestors: tuple[Path, ...]) -> Iterator[tuple[str, Path]]:
         real_dir = directory.resolve()
-        if real_dir in ancestors:  # a symlink back up the tree would loop forever
+        if real_dir in ancestors or real_dir == home:  # a link back up the tree would loop
             return
         ancestors = (*ancestors, real_dir)
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):

@@ -327,3 +327,22 @@ def test_safe_extract_round_trip_from_path(tmp_path: Path) -> None:
     assert sorted(names) == list(archive.files)
     assert (tmp_path / "dest" / "pkg" / "model.py").read_text() == "X = 1\n"
     assert os.access(tmp_path / "dest" / "run.sh", os.X_OK)
+
+
+def test_mlclouds_own_home_inside_the_source_is_never_packed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project keeping MLCLOUD_HOME inside its source (e.g. ./.mlcloud) ships neither the
+    state store nor its job dirs, and packing never opens state.db (which would drop this
+    process's SQLite locks on it)."""
+    from mlcloud.store import Store
+
+    src = make_source(tmp_path / "src")
+    home = src / "state-home"
+    monkeypatch.setenv("MLCLOUD_HOME", str(home))
+    Store.open().close()
+    (home / "jobs" / "j-1").mkdir(parents=True)
+    (home / "jobs" / "j-1" / "record.json").write_text("{}")
+    names = set(members(pack_source(src).data))
+    assert "pkg/model.py" in names
+    assert not [n for n in names if n.startswith("state-home")]
