@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.pg import pg_database, pg_server, pg_url, store_backend  # noqa: F401 (real PostgreSQL)
+from tests.providers.sagemaker.moto_server import bucket, moto_url  # noqa: F401 (one per session)
 
 # The shared conformance suite's asserts show their diffs like any test module's.
 pytest.register_assert_rewrite("tests.conformance")

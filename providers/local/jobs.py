@@ -234,14 +234,19 @@ def cancel(provider: LocalProvider, record: JobRecord) -> JobRecord:
         with contextlib.suppress(ProcessLookupError):  # it ended in between
             os.kill(sup["pid"], signal.SIGTERM)
         try:
-            return wait_until(
+            # Gone is enough: a supervisor still starting (a fresh interpreter, from a threaded
+            # caller such as the server) dies of the SIGTERM before its handler is installed,
+            # recording nothing; waiting for a terminal state would wait out the timeout.
+            ended = wait_until(
                 lambda: provider.store.get_job(record.id),
-                lambda r: r.state.terminal and not procs.alive(sup),
+                lambda r: not procs.alive(sup),
                 timeout=grace + 10,
                 poll=0.05,
                 what=f"the supervisor of job {record.id} to stop it",
                 origin=provider.origin,
             )
+            if ended.state.terminal:
+                return ended
         except Transient:
             pass  # it did not answer: below
     procs.kill_job_processes(record.id, grace=grace)

@@ -27,9 +27,7 @@ from tests.pipelines.conftest import STEP_PY
 from tests.providers.sagemaker.conftest import (  # noqa: F401 (fixtures: moto's server, AWS env)
     REGION,
     aws_env,
-    bucket,
     far_end,
-    moto_url,
     set_job_status,
     settings,
 )
@@ -37,7 +35,7 @@ from tests.providers.sagemaker.far_end import Recorder
 
 
 @pytest.fixture
-def project(tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
+def project(tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The pipeline's directory: beside MLCLOUD_HOME (aws_env puts it in tmp_path), not above
     it: a job's source directory is packed whole, the state database included otherwise."""
     tmp_path = tmp_path / "project"

@@ -27,9 +27,7 @@ from tests.providers.sagemaker.conftest import (  # noqa: F401 (fixtures)
     ACCOUNT,
     REGION,
     aws_env,
-    bucket,
     far_end,
-    moto_url,
     settings,
 )
 from tests.providers.sagemaker.test_endpoints import deployment, model_dir
@@ -67,7 +65,7 @@ def _queue(moto: str, body: Any, variant: str) -> None:
 
 def test_predict_through_the_sagemaker_runtime(
     aws_env: str,  # noqa: F811
-    bucket: str,  # noqa: F811
+    bucket: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

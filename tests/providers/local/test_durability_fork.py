@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from mlcloud.config import Profile
 from mlcloud.records import JobState
 from mlcloud.specs import TrainingJob
 from mlcloud.store import Store
 from providers.local import LocalProvider, supervisor
+from tests.single_threaded import in_fresh_interpreter
 
 
 def _run_three(tmp_path: Path) -> list[tuple[JobState, bool]]:
@@ -47,20 +47,21 @@ def _run_three(tmp_path: Path) -> list[tuple[JobState, bool]]:
     return results
 
 
-@pytest.fixture
-def no_gc() -> object:
-    """The cyclic GC off: a dropped Store's connection stays alive, as it may between GC runs."""
-    gc.disable()
-    yield None
-    gc.enable()
+def test_stores_left_open_are_closed_before_the_fork(tmp_path: Path) -> None:
+    # a fresh interpreter: this one may hold session servers' threads (then it never forks)
+    assert (
+        in_fresh_interpreter(_dropped_store_then_three_jobs, tmp_path)
+        == [(JobState.SUCCEEDED, True)] * 3
+    )  # still the fast fork
 
 
-def test_stores_left_open_are_closed_before_the_fork(tmp_path: Path, no_gc: object) -> None:
+def _dropped_store_then_three_jobs(tmp_path: Path) -> list[tuple[JobState, bool]]:
+    gc.disable()  # a dropped Store's connection stays alive, as it may between GC runs
     dropped = Store.open()
     dropped.list_jobs()
     dropped._conn = None  # the Store forgets its connection; the connection lives on
     assert supervisor.sqlite_open()
-    assert _run_three(tmp_path) == [(JobState.SUCCEEDED, True)] * 3  # still the fast fork
+    return _run_three(tmp_path)
 
 
 def test_a_connection_mlcloud_did_not_make_means_no_fork(tmp_path: Path) -> None:

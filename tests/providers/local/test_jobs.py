@@ -24,6 +24,7 @@ from mlcloud.store import Store
 from providers.local import LocalProvider, procs
 from providers.local.job_plan import LocalJobContext
 from tests.conftest import MLCLOUD, REPO
+from tests.single_threaded import in_fresh_interpreter
 
 
 @pytest.fixture
@@ -230,13 +231,21 @@ def test_job_outlives_the_cli_and_is_recorded(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("caller", ["single-threaded", "threaded"])
-def test_supervisor_start_from_either_kind_of_caller(
-    provider: LocalProvider, tmp_path: Path, caller: str
-) -> None:
+def test_supervisor_start_from_either_kind_of_caller(tmp_path: Path, caller: str) -> None:
     """A single-threaded caller forks the supervisor (fast); a threaded one must not fork."""
+    if caller == "threaded":
+        _start_supervisor_from(caller, tmp_path)
+    else:  # this process may hold session servers' threads: a fresh interpreter has none
+        in_fresh_interpreter(_start_supervisor_from, caller, tmp_path)
+
+
+def _start_supervisor_from(caller: str, tmp_path: Path) -> None:
+    provider = LocalProvider(Profile("local", "local", {"cancel_grace": 3}), Store.open())
     release = threading.Event()
     if caller == "threaded":
         threading.Thread(target=release.wait, daemon=True).start()
+    else:
+        assert threading.active_count() == 1, threading.enumerate()
     read_end, write_end = os.pipe()  # stands for a pipe the caller's own caller reads
     try:
         script = "import time; time.sleep(1); print('ran', flush=True)"
@@ -275,3 +284,28 @@ def test_iris_example_end_to_end_from_the_cli(tmp_path: Path) -> None:
     assert modeldir.verify(Path(model_dir))["framework"] == "sklearn"
     listing = subprocess.run([*MLCLOUD, "jobs", "list"], capture_output=True, text=True)
     assert "iris-" in listing.stdout and "SUCCEEDED" in listing.stdout
+
+
+def test_a_threaded_caller_cancelling_at_once_does_not_wait_out_the_grace(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    """The server is a threaded caller: its supervisors start as fresh interpreters, and a
+    cancel right after submit used to kill one before its SIGTERM handler was installed, then
+    wait grace + 10 s for a terminal state nobody would record."""
+    release = threading.Event()
+    threading.Thread(target=release.wait, daemon=True).start()
+    try:
+        record = provider.submit_job(
+            provider.plan_job(job_in(tmp_path, "import time\ntime.sleep(120)"))
+        )
+        started = time.monotonic()
+        cancelled = provider.cancel_job(record.id)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert cancelled.state is JobState.CANCELLED and took < 5, took
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if record.id in " ".join(p.info["cmdline"] or [])
+    ]

@@ -24,11 +24,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,100 +37,8 @@ from mlcloud.config import Profile
 from mlcloud.store import Store
 from tests.providers.sagemaker.far_end import FAR_END, Recorder
 
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
-BUCKET = "mlcloud-test"
-ROLE = f"arn:aws:iam::{ACCOUNT}:role/mlcloud"
-
-
-def _stop_training_job(self: Any) -> Any:
-    from moto.core.responses import EmptyResult
-    from moto.sagemaker.exceptions import ValidationError
-
-    name = self._get_param("TrainingJobName")
-    job = self.sagemaker_backend.training_jobs.get(name)
-    if job is None:
-        raise ValidationError(message=f"Requested resource not found: {name}")
-    if job.training_job_status != "InProgress":
-        raise ValidationError(
-            message=f"The request was rejected because the training job is in status "
-            f"{job.training_job_status}."
-        )
-    job.training_job_status = "Stopping"
-    job.secondary_status = "Stopping"
-    return EmptyResult()
-
-
-def _invoke_endpoint(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def invoke_endpoint(self: Any) -> Any:
-        from moto.core.exceptions import ServiceException
-
-        class ValidationError(ServiceException):
-            code = "ValidationError"  # sagemaker-runtime's code (the control plane's differs)
-
-        name = urllib.parse.unquote(self.path.split("/")[2])  # /endpoints/<name>/invocations
-        if name not in backend().endpoints:
-            raise ValidationError(f"Endpoint {name} of account {ACCOUNT} not found.")
-        return original(self)
-
-    return invoke_endpoint
-
-
-def _update_endpoint(self: Any) -> Any:
-    from moto.core.responses import ActionResult
-    from moto.sagemaker.exceptions import ValidationError
-
-    backend = self.sagemaker_backend
-    name = self._get_param("EndpointName")
-    config_name = self._get_param("EndpointConfigName")
-    endpoint = backend.endpoints.get(name)
-    if endpoint is None:
-        raise ValidationError(message=f"Could not find endpoint {name}.")
-    config = backend.describe_endpoint_config(config_name)
-    endpoint.endpoint_config_name = config_name
-    endpoint.production_variants = endpoint._process_production_variants(
-        config["ProductionVariants"]
-    )
-    endpoint.endpoint_status = "InService"  # SageMaker passes through Updating first
-    return ActionResult({"EndpointArn": endpoint.arn})
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    from moto.moto_server import threaded_moto_server
-    from moto.sagemaker import models as sm_models
-    from moto.sagemaker.responses import SageMakerResponse
-    from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
-    from moto.server import ThreadedMotoServer
-
-    original_create = sm_models.SageMakerModelBackend.create_training_job
-
-    def create_training_job(self: Any, *args: Any, **kwargs: Any) -> Any:
-        job = original_create(self, *args, **kwargs)
-        job.training_job_status = "InProgress"
-        job.secondary_status = "Starting"
-        return job
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sm_models.SageMakerModelBackend, "create_training_job", create_training_job)
-        mp.setattr(SageMakerResponse, "stop_training_job", _stop_training_job, raising=False)
-        mp.setattr(SageMakerResponse, "update_endpoint", _update_endpoint, raising=False)
-        invoke = _invoke_endpoint(SageMakerRuntimeResponse.invoke_endpoint)
-        mp.setattr(SageMakerRuntimeResponse, "invoke_endpoint", invoke)
-        dispatcher = threaded_moto_server.DomainDispatcherApplication
-        mp.setattr(
-            threaded_moto_server,
-            "DomainDispatcherApplication",
-            lambda create_app: FAR_END.wrap(dispatcher(create_app)),
-        )
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+# moto_url and bucket: the session's one moto server, registered by tests/conftest.py
+from tests.providers.sagemaker.moto_server import ACCOUNT, BUCKET, REGION, ROLE, backend
 
 
 @pytest.fixture(autouse=True)
@@ -157,21 +64,6 @@ def far_end(moto_url: str) -> Recorder:
     return FAR_END
 
 
-@pytest.fixture(scope="session")
-def bucket(moto_url: str) -> str:
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    s3.create_bucket(Bucket=BUCKET)
-    return BUCKET
-
-
 def settings(**extra: Any) -> dict[str, Any]:
     return {
         "region": REGION,
@@ -193,13 +85,6 @@ def provider(bucket: str, aws_env: str) -> Iterator[Any]:
     store = Store.open()
     yield SageMakerProvider(Profile(name="aws", type="sagemaker", settings=settings()), store)
     store.close()
-
-
-def backend() -> Any:
-    """moto's in-process SageMaker backend (the server runs in this process)."""
-    from moto.sagemaker.models import sagemaker_backends
-
-    return sagemaker_backends[ACCOUNT][REGION]
 
 
 def set_job_status(

@@ -287,7 +287,8 @@ def test_a_cloud_that_cannot_be_reached_leaves_the_move_recorded_and_warns(
     from tests.providers.sagemaker.conftest import settings
 
     config = tmp_path / "mlcloud.yaml"
-    config.write_text(yaml.safe_dump({"profiles": {"aws": {"type": "sagemaker", **settings()}}}))
+    aws = {"type": "sagemaker", **settings(max_attempts=1)}  # no retry back-off to wait out
+    config.write_text(yaml.safe_dump({"profiles": {"aws": aws}}))
     monkeypatch.setenv("MLCLOUD_CONFIG", str(config))
     v1 = api.register_model(str(model_dir(tmp_path / "a")), "reg-down", provider="aws")
     api.register_model(str(model_dir(tmp_path / "b", "2")), "reg-down", provider="aws",
@@ -296,7 +297,6 @@ def test_a_cloud_that_cannot_be_reached_leaves_the_move_recorded_and_warns(
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.warns(NativeSyncWarning, match="native registry was not updated"):
         move = api.move_alias("reg-down", "champion", v1.version, reason="drill")
     assert (move.from_version, move.to_version) == (2, 1)
