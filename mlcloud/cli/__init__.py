@@ -8,6 +8,7 @@ loads no pydantic, no cloud SDK); every operation goes through :mod:`mlcloud.api
 from __future__ import annotations
 
 from mlcloud.cli import (  # noqa: F401 (they register their commands)
+    endpoints,
     feedback,
     models,
     monitor,
@@ -20,13 +21,13 @@ from mlcloud.cli.core import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
-    _print_endpoint,
     cli,
     emit_json,
     emit_records,
     exit_code,
     main,
 )
+from mlcloud.cli.endpoints import _print_endpoint
 
 __all__ = [
     "EXIT_BAD_INPUT",

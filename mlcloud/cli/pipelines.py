@@ -20,6 +20,7 @@ from mlcloud.cli.core import (
     _table,
     cli,
     emit_json,
+    emit_list,
     emit_records,
     output_option,
     provider_option,
@@ -149,20 +150,14 @@ def pipelines_runs(name: str | None, limit: int, output: str) -> None:
     """Runs (of pipeline NAME, or all), newest first."""
     from mlcloud import pipelines as pl
 
-    rows = pl.runs(name, limit)
-    if output == "json":
-        emit_records([r.to_dict() for r in rows])
-        return
-    if not rows:
-        click.echo("no pipeline runs yet: mlcloud pipelines run pipeline.yaml", err=True)
-        return
-    _table(
-        ["run", "pipeline", "state", "started", "reason", "message"],
-        [
-            [r.id, r.pipeline, r.state, _ago(r.created_at), r.reason[:40], (r.message or "")[:60]]
-            for r in rows
-        ],
-    )
+    emit_list(
+        pl.runs(name, limit),
+        output,
+        empty="no pipeline runs yet: mlcloud pipelines run pipeline.yaml",
+        headers=["run", "pipeline", "state", "started", "reason", "message"],
+        row=lambda r: [r.id, r.pipeline, r.state, _ago(r.created_at), r.reason[:40],
+                       (r.message or "")[:60]],
+    )  # fmt: skip
 
 
 @pipelines.command("show")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlcloud.cli.core import _ago, _table, cli, emit_json, output_option
+from mlcloud.cli.core import _ago, _table, cli, emit_json, emit_list, output_option
 
 
 @cli.command()
@@ -81,17 +81,13 @@ def tokens_list(output: str) -> None:
     """Tokens by name and role (never the tokens themselves)."""
     from mlcloud.server.auth import list_tokens
 
-    found = list_tokens()
-    if output == "json":
-        emit_json([t.to_dict() for t in found])
-        return
-    if not found:
-        click.echo("no tokens yet: mlcloud tokens create NAME --role admin", err=True)
-        return
-    _table(
-        ["name", "role", "created", "by", "state"],
-        [[t.name, t.role, _ago(t.created_at), t.created_by or "",
-          "revoked " + _ago(t.revoked_at) if t.revoked_at else "active"] for t in found],
+    emit_list(
+        list_tokens(),
+        output,
+        empty="no tokens yet: mlcloud tokens create NAME --role admin",
+        headers=["name", "role", "created", "by", "state"],
+        row=lambda t: [t.name, t.role, _ago(t.created_at), t.created_by or "",
+                       "revoked " + _ago(t.revoked_at) if t.revoked_at else "active"],
     )  # fmt: skip
 
 

@@ -353,8 +353,9 @@ def ray_own(proc: psutil.Process) -> bool:
 
 
 def user_processes(job_id: str) -> list[psutil.Process]:
-    """The job's processes that are not Ray's: its driver, torchrun, the user's."""
-    return [p for p in job_processes(job_id) if not ray_own(p)]
+    """The job's processes that are not Ray's: its driver, torchrun, the user's. Looked at
+    again last: one that exited meanwhile is a zombie with no command line to judge by."""
+    return [p for p in job_processes(job_id) if not ray_own(p) and _alive(p)]
 
 
 def _under(path: str, root: str) -> bool:
