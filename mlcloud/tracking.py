@@ -70,12 +70,8 @@ def compare_jobs(job_ids: Sequence[str], store: Store | None = None) -> Comparis
         raise SpecError("a job is named twice", hint="name each job once")
     from mlcloud.store import Store
 
-    db = store or Store.open()
-    try:
+    with Store.borrowed(store) as db:
         records = [_refreshed(db, db.get_job(job_id)) for job_id in job_ids]
-    finally:
-        if store is None:
-            db.close()
     found = [job_metrics(r) for r in records]
     table = Comparison(
         jobs=[

@@ -74,8 +74,7 @@ def schedule_of(record: EndpointRecord) -> Schedule | None:
 def due_checks(now: float | None = None, store: Store | None = None) -> list[EndpointRecord]:
     """The monitored endpoints whose check is due at ``now`` (not yet claimed)."""
     now = time.time() if now is None else now
-    st = store or Store.open()
-    try:
+    with Store.borrowed(store) as st:
         due = []
         for record in st.list_endpoints():
             sched = schedule_of(record)
@@ -85,9 +84,6 @@ def due_checks(now: float | None = None, store: Store | None = None) -> list[End
             if seen is None or seen.last_check is None or now - seen.last_check >= sched.every_s:
                 due.append(record)
         return due
-    finally:
-        if store is None:
-            st.close()
 
 
 def run_check(record: EndpointRecord, store: Store, now: float | None = None) -> CheckOutcome:
@@ -132,8 +128,7 @@ def _fire(store: Store, out: CheckOutcome, pipeline: str, now: float) -> None:
 def tick(now: float | None = None, store: Store | None = None) -> list[CheckOutcome]:
     """Run every due check once (one broken endpoint does not stop the others)."""
     now = time.time() if now is None else now
-    st = store or Store.open()
-    try:
+    with Store.borrowed(store) as st:
         outcomes = []
         for record in due_checks(now, st):
             try:
@@ -143,9 +138,6 @@ def tick(now: float | None = None, store: Store | None = None) -> list[CheckOutc
                     CheckOutcome(record.name, record.provider, "error", message=str(exc))
                 )
         return outcomes
-    finally:
-        if store is None:
-            st.close()
 
 
 def history(endpoint: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -27,15 +27,10 @@ def check_endpoint(
 ) -> drift.DriftResult:
     """Drift of endpoint ``name`` over the last ``window_s`` seconds. ``baseline``: a registry
     reference or model dir to compare with instead of the model the endpoint serves."""
-    own = store is None
-    st = store or Store.open()
-    try:
+    with Store.borrowed(store) as st:
         record = st.get_endpoint(name, provider)
         return check_record(record, st, window_s=window_s, baseline=baseline, config=config,
                             now=now)  # fmt: skip
-    finally:
-        if own:
-            st.close()
 
 
 def check_record(

@@ -82,7 +82,7 @@ def schedule(file: str | Path, provider: str | None = None) -> dict[str, Any]:
     ]
     now = time.time()
     states = [(t.kind, baseline(t, now)) for t in pipeline.triggers]
-    with _store() as store:
+    with Store.borrowed(None) as store:
         db.put_schedule(store, pipeline.name, str(Path(file).resolve()), data, states)
     return {
         "pipeline": pipeline.name,
@@ -92,13 +92,13 @@ def schedule(file: str | Path, provider: str | None = None) -> dict[str, Any]:
 
 
 def unschedule(name: str) -> bool:
-    with _store() as store:
+    with Store.borrowed(None) as store:
         return db.unschedule(store, name)
 
 
 def scheduled() -> list[dict[str, Any]]:
     """Every scheduled pipeline with its triggers' state and last firings."""
-    with _store() as store:
+    with Store.borrowed(None) as store:
         out = []
         for row in db.schedules(store):
             states = db.trigger_states(store, row["name"])
@@ -122,7 +122,7 @@ def trigger(name: str, reason: str = "manual", detail: str | None = None) -> db.
     other run of it is active. Returns the recorded firing."""
     if not reason.strip():
         raise SpecError("a firing needs a reason", hint="e.g. --reason drift")
-    with _store() as store:
+    with Store.borrowed(None) as store:
         row = db.schedule(store, name)
         if row is None:
             raise NotFoundLocally(
@@ -139,7 +139,7 @@ def trigger(name: str, reason: str = "manual", detail: str | None = None) -> db.
 # ---- one look at every trigger ----------------------------------------------------------------
 def tick(store: Store | None = None, now: float | None = None) -> list[db.Firing]:
     """Check every trigger once, start the runs due; returns the firings recorded now."""
-    with _store(store) as st:
+    with Store.borrowed(store) as st:
         before = db.last_firing(st)
         for row in db.schedules(st):
             try:
@@ -232,7 +232,7 @@ def _check_model(store: Store, p: Pipeline, idx: int, t: Trigger, state: dict[st
 def _last_move(ref: str, store: Store | None = None) -> tuple[int, Any]:
     """(seq, move) of the alias's last real move (a note moves nothing), (0, None) if none."""
     name, _, alias = ref.partition("@")
-    with _store(store) as st:
+    with Store.borrowed(store) as st:
         try:
             history = model_registry.history(st, name)
         except MlcloudError:
@@ -282,7 +282,7 @@ def serve(
     ``standby``: while another scheduler runs, wait to take over (a server's workers) instead
     of refusing."""
     stop = stop or threading.Event()
-    with _store() as store, _scheduler_lock(store, stop if standby else None) as held:
+    with Store.borrowed(None) as store, _scheduler_lock(store, stop if standby else None) as held:
         if not held:
             if standby:
                 return  # stopped while standing by
@@ -326,15 +326,3 @@ def _scheduler_lock(store: Store, standby: threading.Event | None) -> Iterator[b
                     yield False
                     return
         yield True
-
-
-@contextlib.contextmanager
-def _store(store: Store | None = None) -> Iterator[Store]:
-    if store is not None:
-        yield store
-        return
-    opened = Store.open()
-    try:
-        yield opened
-    finally:
-        opened.close()

@@ -202,7 +202,7 @@ def check_every(row: RolloutRow) -> float:
 
 def advance(rollout_id: str | int, store: Store | None = None) -> Rollout:
     """Take the transition the rollout is due now (idempotent)."""
-    with _store(store) as st:
+    with Store.borrowed(store) as st:
         return controller.advance(st, parse_id(rollout_id))
 
 
@@ -210,7 +210,7 @@ def run(rollout_id: str | int, store: Store | None = None, timeout: float | None
     """Drive the rollout to a final state (or ``timeout``); one controller per rollout (a file
     lock), so a second one started by mistake returns at once."""
     rid = parse_id(rollout_id)
-    with _store(store) as st, _controller_lock(st, rid) as held:
+    with Store.borrowed(store) as st, _controller_lock(st, rid) as held:
         row = db.get(st, rid)
         if not held:
             return row
@@ -281,7 +281,7 @@ def running(store: Store, rollout_id: int) -> bool:
 def resume(rollout_id: str | int, store: Store | None = None) -> Rollout:
     """Start a controller for an unfinished rollout whose controller is gone."""
     rid = parse_id(rollout_id)
-    with _store(store) as st:
+    with Store.borrowed(store) as st:
         row = db.get(st, rid)
         if row.state in db.FINAL or running(st, rid):
             return row
@@ -290,7 +290,7 @@ def resume(rollout_id: str | int, store: Store | None = None) -> Rollout:
 
 def resume_all(store: Store | None = None) -> list[Rollout]:
     """Resume every unfinished rollout (the server does this when it starts)."""
-    with _store(store) as st:
+    with Store.borrowed(store) as st:
         return [
             resume(r.id, st) for r in db.list_rollouts(st, limit=1000) if r.state not in db.FINAL
         ]
@@ -298,32 +298,22 @@ def resume_all(store: Store | None = None) -> list[Rollout]:
 
 def get(rollout_id: str | int, store: Store | None = None, *, heal: bool = True) -> Rollout:
     """The rollout with its decisions; ``heal``: restart its controller if it died."""
-    with _store(store) as st:
+    with Store.borrowed(store) as st:
         return resume(rollout_id, st) if heal else db.get(st, parse_id(rollout_id))
 
 
 def list_rollouts(endpoint: str | None = None, store: Store | None = None) -> list[Rollout]:
-    with _store(store) as st:
+    with Store.borrowed(store) as st:
         return db.list_rollouts(st, endpoint)
 
 
 def abort(rollout_id: str | int, store: Store | None = None) -> Rollout:
     """Roll the canary back now; the stable version keeps serving throughout."""
-    with _store(store) as st:
+    with Store.borrowed(store) as st:
         return controller.abort(st, parse_id(rollout_id), getpass.getuser())
 
 
 # ---- helpers --------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _store(store: Store | None) -> Iterator[Store]:
-    if store is not None:
-        yield store
-        return
-    opened = Store.open()
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def _dir(store: Store) -> Path:

@@ -126,6 +126,20 @@ class Store:
         self._conn = self._connect()
         _OPEN.add(self)
 
+    @staticmethod
+    @contextmanager
+    def borrowed(store: Store | None) -> Iterator[Store]:
+        """``store`` if the caller passed one (left open), else the configured store, opened
+        here and closed when the block ends: for functions that take an optional store."""
+        if store is not None:
+            yield store
+            return
+        opened = Store.open()
+        try:
+            yield opened
+        finally:
+            opened.close()
+
     @classmethod
     def open(cls, home: Path | None = None) -> Store:
         """The configured store: PostgreSQL when ``MLCLOUD_DATABASE_URL`` says so, else
