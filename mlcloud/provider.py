@@ -376,6 +376,19 @@ class Provider(ABC, Generic[SettingsT]):
     def _native_drift(self, version: ModelVersionRecord, aliases: list[str]) -> list[str]:
         raise NotImplementedError
 
+    # ---- reading a model directory where the provider keeps it ------------------------------
+    # A re-deploy compares the serving model's inputs with the new model's (``api``'s
+    # ``check_same_inputs``): a local model dir is read directly; a cloud URI (s3://, gs://,
+    # azureml://) only the provider that stores it can read, with its own credentials.
+    def read_model_manifest(self, uri: str) -> dict[str, Any] | None:
+        """The ``mlcloud-model.yaml`` of the model at ``uri`` as a dict; ``None`` when this
+        provider cannot read that URI (not its storage, or not an mlcloud model)."""
+        with self.mapped():
+            return self._read_model_manifest(uri)
+
+    def _read_model_manifest(self, uri: str) -> dict[str, Any] | None:
+        return None
+
     # ---- captured requests (monitoring: mlcloud.monitor.capture) -------------------------
     # A deployment with ``capture`` records sampled requests: the local serving writes JSON
     # Lines, the clouds their native capture, configured by their deploy plans. ``read_capture``

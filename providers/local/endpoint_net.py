@@ -81,6 +81,19 @@ def _read_token_file(path: Path) -> str:
     return token
 
 
+_ALPHABETS = [
+    frozenset(string.digits),
+    frozenset("0123456789abcdef"),
+    frozenset("0123456789ABCDEF"),
+    frozenset(string.ascii_lowercase),
+    frozenset(string.ascii_uppercase),
+    frozenset(string.ascii_lowercase + string.digits),
+    frozenset(string.ascii_uppercase + string.digits),
+    frozenset(string.ascii_letters + string.digits),
+    frozenset(string.ascii_letters + string.digits + "-_"),
+]
+
+
 def token_bits(token: str) -> float:
     """An estimate of a token's entropy in bits: its length times log2 of the smallest usual
     alphabet holding all its characters (digits, hex, letters and digits, base64url, printable
@@ -89,18 +102,10 @@ def token_bits(token: str) -> float:
     if not token:
         return 0.0
     chars = set(token)
-    if chars <= set(string.digits):
-        alphabet = 10
-    elif chars <= set("0123456789abcdef") or chars <= set("0123456789ABCDEF"):
-        alphabet = 16
-    else:
-        symbols = chars - set(string.ascii_letters + string.digits)
-        alphabet = (
-            26 * bool(chars & set(string.ascii_lowercase))
-            + 26 * bool(chars & set(string.ascii_uppercase))
-            + 10 * bool(chars & set(string.digits))
-            + (0 if not symbols else 2 if symbols <= set("-_") else 32)
-        )
+    # the smallest usual alphabet holding every character: a random base64url token without
+    # a '-' or '_' (half of them) or without a digit is still a base64url token (no 52-letter
+    # alphabet for the same reason)
+    alphabet = next((len(a) for a in _ALPHABETS if chars <= a), 95)
     expected_distinct = alphabet * (1 - (1 - 1 / alphabet) ** len(token))
     if len(chars) < expected_distinct / 2:
         return 0.0

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
-from providers.local import front_client
+from mlcloud import proxy_client as front_client
 from providers.local.front_conn import BACKLOG, Connections, Limits
 from providers.local.front_stats import Stats
 from providers.local.front_upstreams import UPSTREAMS_FILE, Upstreams, write_upstreams
@@ -325,7 +325,7 @@ async def _send(
     body: bytes,
 ) -> tuple[int, CIMultiDict[str], bytes]:
     """One attempt at one upstream: (status, the headers to answer with, body). The lean
-    client (``front_client.py``) unless there is none, or for HEAD (a response without the
+    client (``mlcloud/proxy_client.py``) unless there is none, or for HEAD (a response without the
     body its headers announce)."""
     from multidict import CIMultiDict
 

@@ -1,4 +1,4 @@
-"""The front's client to its upstreams: pooled keep-alive HTTP/1.1 on asyncio protocols.
+"""A proxy's client to its HTTP upstreams: pooled keep-alive HTTP/1.1 on asyncio protocols.
 
 Why not aiohttp's ``ClientSession``: profiled at concurrency 1, the front spent about as much
 CPU in the client half of a proxied request (request and response objects, the connector,
