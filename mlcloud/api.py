@@ -27,13 +27,13 @@ from mlcloud import model_follow, model_lineage, model_registry, modeldir, regis
 from mlcloud.config import Profile, load_config, placeholders
 from mlcloud.errors import (
     MlcloudError,
-    ModelError,
     NotFoundLocally,
     ProviderUnavailable,
     SpecError,
     Transient,
 )
 from mlcloud.model_follow import Follows
+from mlcloud.model_inputs import check_same_inputs as check_same_inputs
 from mlcloud.provider import Provider
 from mlcloud.records import (
     AliasMove,
@@ -440,7 +440,8 @@ def deploy(
     deployment = build_deployment(model, name, prov.store, **options)
     previous = _existing_endpoint(prov, name)
     if previous is not None and not force:
-        check_same_inputs(name, previous.model, deployment.model)
+        old = previous.details.get("registry_ref") or previous.model
+        check_same_inputs(name, old, version.ref if version else deployment.model, prov)
     record = prov.deploy(prov.plan_deploy(deployment))
     record = model_follow.record(prov.store, record, version, follows)
     if version is not None and follows is not None:
@@ -457,35 +458,6 @@ def _existing_endpoint(prov: Provider[Any], name: str) -> EndpointRecord | None:
         return prov.store.get_endpoint(name, prov.name)
     except NotFoundLocally:
         return None
-
-
-def _inputs(model: str | None) -> tuple[str | None, Any] | None:
-    """(framework, signature inputs) of a local model dir; None when it cannot be read here
-    (a cloud URI, a model dir since removed)."""
-    if not model or ("://" in model and not model.startswith("file://")):
-        return None
-    try:
-        manifest = modeldir.read_manifest(Path(model.removeprefix("file://")))
-    except (OSError, ModelError):
-        return None
-    signature = manifest.get("signature") or {}
-    return manifest.get("framework"), signature.get("inputs")
-
-
-def check_same_inputs(name: str, old_model: str | None, new_model: str) -> None:
-    """Refuse an update that changes what the endpoint takes: both signatures known and
-    different, or a signature unknown and the framework changed (iris → TorchScript)."""
-    old, new = _inputs(old_model), _inputs(new_model)
-    if old is None or new is None:
-        return
-    (old_fw, old_in), (new_fw, new_in) = old, new
-    both_known = old_in is not None and new_in is not None
-    if (old_in != new_in) if both_known else (old_fw != new_fw):
-        raise SpecError(
-            f"endpoint {name!r} serves a {old_fw} model taking {old_in or 'unknown inputs'}; "
-            f"the new {new_fw} model takes {new_in or 'unknown inputs'}: its callers would break",
-            hint="deploy it under a new --name, or pass --force to replace it anyway",
-        )
 
 
 def endpoint(name: str, provider: str | None = None) -> Endpoint:
@@ -602,7 +574,8 @@ def _redeployer(store: Store) -> model_follow.Redeploy:
 
     def redeploy(record: EndpointRecord, version: ModelVersionRecord, follows: Follows) -> None:
         prov = provider_named(record.provider, store)
-        check_same_inputs(record.name, record.model, version.uri)
+        old = record.details.get("registry_ref") or record.model
+        check_same_inputs(record.name, old, version.ref, prov)
         job = version.source_job
         trust, job = decide_trust(version.uri, job if job and _job_exists(store, job) else None,
                                   store, False)  # fmt: skip

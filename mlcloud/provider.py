@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Generic, TypeVar, cast
 
 from mlcloud.errors import MlcloudError, Origin, SpecError, UnsupportedFeature, map_exceptions
 from mlcloud.records import (
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mlcloud.store import Store
 
 SettingsT = TypeVar("SettingsT", bound="BaseModel")
+_OBJECTS_HINT = "mlcloud reads s3:// and gs:// itself, azureml:// through an azureml profile"
 
 
 class Capability(enum.StrEnum):
@@ -389,6 +390,27 @@ class Provider(ABC, Generic[SettingsT]):
     def _read_model_manifest(self, uri: str) -> dict[str, Any] | None:
         return None
 
+    # ---- objects in the provider's storage (pipelines: data triggers, artifact copies) ----
+    # The core reads bucket URIs (s3://, gs://) with the storage SDKs itself; a URI only the
+    # provider can resolve (azureml://: a datastore of a workspace) is read through these.
+    def list_objects(self, uri: str) -> list[StoredObject]:
+        """The object at ``uri``, or every object under that prefix (a folder), with its
+        version: what a data trigger digests and what keys an artifact copy. Nothing there:
+        an empty list."""
+        with self.mapped():
+            return self._list_objects(uri)
+
+    def download_object(self, uri: str, path: str, out: BinaryIO) -> None:
+        """Stream the object ``path`` (as ``list_objects(uri)`` named it) into ``out``."""
+        with self.mapped():
+            self._download_object(uri, path, out)
+
+    def _list_objects(self, uri: str) -> list[StoredObject]:
+        raise UnsupportedFeature(f"reading {uri}", self.where, hint=_OBJECTS_HINT)
+
+    def _download_object(self, uri: str, path: str, out: BinaryIO) -> None:
+        raise UnsupportedFeature(f"reading {uri}", self.where, hint=_OBJECTS_HINT)
+
     # ---- captured requests (monitoring: mlcloud.monitor.capture) -------------------------
     # A deployment with ``capture`` records sampled requests: the local serving writes JSON
     # Lines, the clouds their native capture, configured by their deploy plans. ``read_capture``
@@ -408,6 +430,16 @@ class Provider(ABC, Generic[SettingsT]):
         raise UnsupportedFeature(
             "reading captured requests", self.where, hint="capture runs on local and the clouds"
         )
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object at a storage URI: ``path`` under the URI (``""``: the URI names the object
+    itself), ``version`` (its ETag: changes whenever its content does) and ``size`` in bytes."""
+
+    path: str
+    version: str
+    size: int
 
 
 @dataclass

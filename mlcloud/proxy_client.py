@@ -50,6 +50,7 @@ class _Conn(asyncio.Protocol):
         self.body: list[bytes] = []
         self.idle_since = 0.0
         self.broken = False
+        self.loop = asyncio.get_running_loop()  # once: each lookup costs a getpid() syscall
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,19 +106,25 @@ class UpstreamClient:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """(status, raw headers, body) of ``method base+target``; ``OSError`` if nothing came
         back."""
+        # callers decoded header bytes as UTF-8 with surrogateescape: the exact bytes go back out
+        block = "".join(f"{k}: {v}\r\n" for k, v in headers).encode("utf-8", "surrogateescape")
+        return await self.forward(base, method.encode(), target.encode(), block, body)
+
+    async def forward(
+        self, base: str, method: bytes, target: bytes, header_block: bytes, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """:meth:`request` for a caller that has the request's bytes already: ``header_block``
+        is its header lines (each ending in CRLF, without Host and Content-Length)."""
         conn = await self._conn(base)
         host = self._addr[base][2]
-        head = [f"{method} {target} HTTP/1.1\r\nHost: ".encode(), host, b"\r\n"]
-        for k, v in headers:
-            # aiohttp decoded them as UTF-8 with surrogateescape: the exact bytes go back out
-            head.append(f"{k}: {v}\r\n".encode("utf-8", "surrogateescape"))
-        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        loop = asyncio.get_running_loop()
+        data = b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n" % (
+            method, target, host, header_block, len(body)
+        )  # fmt: skip
         waiter: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]]
-        conn.waiter = waiter = loop.create_future()
+        conn.waiter = waiter = conn.loop.create_future()
         conn.headers, conn.body = [], []
         assert conn.transport is not None
-        conn.transport.write(b"".join(head) + body)
+        conn.transport.write(data + body)
         try:
             result = await waiter
         except BaseException:

@@ -129,6 +129,7 @@ def prepare(env: dict[str, str], *, serve_arg: bool) -> tuple[list[str], Contrac
     model = contract.model_dir
     if contract.model_uri is not None:
         base = env.get(ENV_DOWNLOAD_DIR) or tempfile.mkdtemp(prefix="mlcloud-model-")
+        env[ENV_DOWNLOAD_DIR] = base  # what ``main`` hands over to the serving user
         model = download_gcs(contract.model_uri, Path(base))
         env[ENV_MODEL] = str(model)
         print(f"mlcloud serving: downloaded {contract.model_uri} to {model}", flush=True)
@@ -137,7 +138,11 @@ def prepare(env: dict[str, str], *, serve_arg: bool) -> tuple[list[str], Contrac
 
 def _drop(user: pwd.struct_passwd, downloaded: Path | None, env: dict[str, str]) -> None:
     if downloaded is not None:
-        for path in (downloaded, *downloaded.rglob("*")):  # what we downloaded as root
+        # What we downloaded as root: the model's tree, and every directory from the download
+        # dir down to it (a model one level down sits in mkdtemp's 0700 dir, closed to others).
+        base = Path(env.get(ENV_DOWNLOAD_DIR) or downloaded)
+        above = (p for p in downloaded.parents if p.is_relative_to(base))
+        for path in (*above, downloaded, *downloaded.rglob("*")):
             os.chown(path, user.pw_uid, user.pw_gid)
     os.initgroups(user.pw_name, user.pw_gid)
     os.setgid(user.pw_gid)

@@ -1,5 +1,6 @@
 """``mlcloud models``: the model registry (README "Registry"). Versions, aliases with their
-append-only history, lineage, rollback. Everything goes through :mod:`mlcloud.api`."""
+append-only history, lineage, rollback. Everything goes through :mod:`mlcloud.api`, or with
+``MLCLOUD_SERVER`` set through the team server's ``/v1/models`` (the same output)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import click
 
-from mlcloud.cli.core import _ago, _table, cli, emit_json, emit_records, output_option
+from mlcloud.cli.core import _ago, _facade, _table, cli, emit_json, emit_records, output_option
 
 
 @cli.group(invoke_without_command=True)
@@ -36,8 +37,7 @@ def models_register(
     output: str,
 ) -> None:  # fmt: skip
     """Register SOURCE (a job id, a model dir, a URI, or NAME:VERSION) as a new version."""
-    from mlcloud import api
-
+    api = _facade()
     version = api.register_model(source, name, alias=alias, provider=provider, reason=reason)
     if output == "json":
         emit_records(version.to_dict())
@@ -53,8 +53,7 @@ def models_register(
 @output_option
 def models_list(output: str) -> None:
     """Every registered model: versions, latest, aliases."""
-    from mlcloud import api
-
+    api = _facade()
     rows = api.list_models()
     if output == "json":
         emit_json(rows)
@@ -79,8 +78,7 @@ def models_list(output: str) -> None:
 def models_show(ref: str, output: str) -> None:
     """NAME: its versions; NAME:VERSION or NAME@ALIAS: that version's lineage (data → job →
     version → endpoints), integrity and native registry drift."""
-    from mlcloud import api
-
+    api = _facade()
     detail = api.model(ref)
     if output == "json":
         emit_records(detail)
@@ -153,10 +151,9 @@ def models_alias(
     name: str, alias: str, version: int, reason: str | None, expect: int | None, output: str
 ) -> None:
     """Point NAME@ALIAS at VERSION (endpoints following the alias are redeployed)."""
-    from mlcloud import api
-
+    api = _facade()
     move = api.move_alias(name, alias, version, reason=reason, expect=expect)
-    _print_move(move, output)
+    _print_move(api, move, output)
 
 
 @models.command("rollback")
@@ -167,15 +164,12 @@ def models_alias(
 def models_rollback(name: str, alias: str, reason: str | None, output: str) -> None:
     """Move NAME@ALIAS back to the version it pointed at before its last move (and redeploy
     the endpoints following it)."""
-    from mlcloud import api
-
+    api = _facade()
     move = api.rollback_model(name, alias, reason=reason)
-    _print_move(move, output)
+    _print_move(api, move, output)
 
 
-def _print_move(move: Any, output: str) -> None:
-    from mlcloud import api
-
+def _print_move(api: Any, move: Any, output: str) -> None:
     later = [m for m in api.alias_history(move.name) if m.seq > move.seq]
     if output == "json":
         emit_json({**move.to_dict(), "followers": [m.to_dict() for m in later]})
@@ -191,8 +185,7 @@ def _print_move(move: Any, output: str) -> None:
 @output_option
 def models_history(name: str, output: str) -> None:
     """Every alias move of NAME, oldest first (append-only: who, when, why)."""
-    from mlcloud import api
-
+    api = _facade()
     moves = api.alias_history(name)
     if output == "json":
         emit_json([m.to_dict() for m in moves])
@@ -220,8 +213,9 @@ def _moved(before: int | None, after: int | None) -> str:
 @output_option
 def models_delete(ref: str, output: str) -> None:
     """Delete NAME:VERSION (refused while an alias points at it or an endpoint serves it)."""
-    from mlcloud import api
     from mlcloud.errors import SpecError
+
+    api = _facade()
 
     name, _, number = ref.partition(":")
     if not number.isdigit():

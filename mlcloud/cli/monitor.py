@@ -1,5 +1,7 @@
 """``mlcloud monitor ENDPOINT``: drift of what an endpoint received against its model's training
-baseline, as a table, JSON, an HTML report and Prometheus gauges (:mod:`mlcloud.monitor`)."""
+baseline, as a table, JSON, an HTML report and Prometheus gauges (:mod:`mlcloud.monitor`).
+With ``MLCLOUD_SERVER`` set the check runs on the team server (``/v1/monitor``) and the result
+is printed and written here, as locally."""
 
 from __future__ import annotations
 
@@ -8,7 +10,15 @@ from typing import Any
 
 import click
 
-from mlcloud.cli.core import EXIT_FAILED, _table, cli, emit_json, output_option, provider_option
+from mlcloud.cli.core import (
+    EXIT_FAILED,
+    _facade,
+    _table,
+    cli,
+    emit_json,
+    output_option,
+    provider_option,
+)
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -103,7 +113,7 @@ def monitor(endpoint: str, window: str, baseline: str | None, report_path: str |
     if history:
         _history(endpoint, output)
         return
-    from mlcloud.monitor import check, drift, report
+    from mlcloud.monitor import drift, report
     from mlcloud.units import parse_duration
 
     try:
@@ -116,8 +126,7 @@ def monitor(endpoint: str, window: str, baseline: str | None, report_path: str |
         raise click.BadParameter("a threshold must be a number", param_hint="--threshold") from None
     config = drift.DriftConfig(alpha=alpha, thresholds=limits, correction=correction,
                                methods=_pairs(methods, "--method"))  # fmt: skip
-    result = check.check_endpoint(endpoint, window_s=window_s, baseline=baseline, config=config,
-                                  provider=provider)  # fmt: skip
+    result = _check(endpoint, window_s, baseline, config, provider)
     if report_path:
         report.write(result, report_path)
     if prom_path:
@@ -133,6 +142,25 @@ def monitor(endpoint: str, window: str, baseline: str | None, report_path: str |
         _print(result, report_path)
     if fail_on_drift and result.drifted:
         sys.exit(EXIT_FAILED)
+
+
+def _check(endpoint: str, window_s: float, baseline: str | None, config: Any,
+           provider: str | None) -> Any:  # fmt: skip
+    """One check, here or on the team server (the result sent with every field)."""
+    import types
+
+    from mlcloud.monitor import check, drift
+
+    facade = _facade()
+    if isinstance(facade, types.ModuleType):
+        return check.check_endpoint(endpoint, window_s=window_s, baseline=baseline,
+                                    config=config, provider=provider)  # fmt: skip
+    fields = facade.drift_check(
+        endpoint, window_s=window_s, baseline=baseline, alpha=config.alpha,
+        correction=config.correction, thresholds=config.thresholds, methods=config.methods,
+        provider=provider,
+    )  # fmt: skip
+    return drift.DriftResult.from_fields(fields)
 
 
 def _print(result: Any, report_path: str | None) -> None:
@@ -155,10 +183,15 @@ def _print(result: Any, report_path: str | None) -> None:
 
 def _history(endpoint: str, output: str) -> None:
     import time
+    import types
 
-    from mlcloud.monitor import alerts
+    facade = _facade()
+    if isinstance(facade, types.ModuleType):
+        from mlcloud.monitor import alerts
 
-    checks = alerts.history(endpoint)
+        checks = alerts.history(endpoint)
+    else:
+        checks = facade.drift_history(endpoint)
     if output == "json":
         emit_json(checks)
         return

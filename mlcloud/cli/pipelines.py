@@ -2,7 +2,9 @@
 schedule its triggers; ``mlcloud scheduler`` fires them on a single machine.
 
 Everything goes through :mod:`mlcloud.pipelines` (imported inside each command: ``mlcloud
---help`` loads none of it)."""
+--help`` loads none of it), or with ``MLCLOUD_SERVER`` set through the team server's
+``/v1/pipelines`` (:class:`_Remote`), with the same output; ``scheduler`` stays local (a server
+runs its own)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from mlcloud.cli.core import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     _ago,
+    _facade,
     _table,
     cli,
     emit_json,
@@ -25,6 +28,56 @@ from mlcloud.cli.core import (
     output_option,
     provider_option,
 )
+
+
+def _pipelines() -> Any:
+    """:mod:`mlcloud.pipelines`, or with ``MLCLOUD_SERVER`` set its calls on the team server."""
+    import types
+
+    facade = _facade()
+    if isinstance(facade, types.ModuleType):
+        from mlcloud import pipelines
+
+        return pipelines
+    return _Remote(facade)
+
+
+class _Remote:
+    """The calls the commands make, on the team server: a pipeline file is read and validated
+    here (job files inlined, relative paths resolved on this machine) and sent as JSON, as
+    ``train`` sends a job file; runs, runners and triggers live on the server."""
+
+    def __init__(self, client: Any) -> None:
+        from mlcloud import pipelines
+
+        self.client, self.load, self.FINAL = client, pipelines.load, pipelines.FINAL
+
+    def run(self, file: str, provider: str | None, overrides: Any, *, no_cache: bool) -> Any:
+        data = self.load(file, overrides)[1]
+        return self.client.run_pipeline(data, provider, no_cache=no_cache)
+
+    def plan(self, file: str, provider: str | None, overrides: Any) -> Any:
+        return self.client.plan_pipeline(self.load(file, overrides)[1], provider)
+
+    def schedule(self, file: str, provider: str | None) -> Any:
+        from pathlib import Path
+
+        data = self.load(file)[1]
+        return self.client.schedule_pipeline(data, str(Path(file).resolve()), provider)
+
+    @staticmethod
+    def describe(row: Any) -> Any:
+        return row.described
+
+    def __getattr__(self, name: str) -> Any:
+        """get, runs, resume, cancel, logs, unschedule, scheduled, trigger: the client's."""
+        calls = {"get": "pipeline_run", "runs": "pipeline_runs", "resume": "resume_pipeline",
+                 "cancel": "cancel_pipeline", "logs": "pipeline_logs",
+                 "unschedule": "unschedule_pipeline", "scheduled": "scheduled_pipelines",
+                 "trigger": "trigger_pipeline"}  # fmt: skip
+        if name not in calls:
+            raise AttributeError(name)
+        return getattr(self.__dict__["client"], calls[name])
 
 
 @cli.group(invoke_without_command=True)
@@ -60,7 +113,7 @@ def pipelines_run(
     output: str,
 ) -> None:
     """Run the pipeline in FILE (default: pipeline.yaml), detached: it survives this command."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     if dry_run:
         _print_dry_run(pl.plan(file, provider, overrides), output)
@@ -70,7 +123,7 @@ def pipelines_run(
 
 
 def _started(row: Any, follow: bool, output: str) -> None:
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     if not follow:
         if output == "json":
@@ -88,7 +141,7 @@ def _started(row: Any, follow: bool, output: str) -> None:
 
 def _follow(run_id: str, err: bool) -> Any:
     """Print each step's state changes until the run ends; Ctrl-C stops following only."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     seen: dict[str, str] = {}
     click.echo(f"run {run_id}", err=err)
@@ -148,7 +201,7 @@ def _print_dry_run(plan: dict[str, Any], output: str) -> None:
 @output_option
 def pipelines_runs(name: str | None, limit: int, output: str) -> None:
     """Runs (of pipeline NAME, or all), newest first."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     emit_list(
         pl.runs(name, limit),
@@ -165,7 +218,7 @@ def pipelines_runs(name: str | None, limit: int, output: str) -> None:
 @output_option
 def pipelines_show(run_id: str, output: str) -> None:
     """The run's DAG: each step's state, duration, provider, job and message."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     data = pl.describe(pl.get(run_id))
     if output == "json":
@@ -197,7 +250,7 @@ def pipelines_show(run_id: str, output: str) -> None:
 @click.argument("step", required=False)
 def pipelines_logs(run_id: str, step: str | None) -> None:
     """The run's log, or STEP's job log."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     for line in pl.logs(run_id, step):
         click.echo(line)
@@ -209,7 +262,7 @@ def pipelines_logs(run_id: str, step: str | None) -> None:
 @output_option
 def pipelines_resume(run_id: str, follow: bool, output: str) -> None:
     """Run again what did not succeed; a step whose job still runs is adopted, not resent."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     _started(pl.resume(run_id), follow, output)
 
@@ -219,7 +272,7 @@ def pipelines_resume(run_id: str, follow: bool, output: str) -> None:
 @output_option
 def pipelines_cancel(run_id: str, output: str) -> None:
     """Stop the run: no new step starts, running jobs are cancelled (idempotent)."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     row = pl.cancel(run_id)
     if output == "json":
@@ -234,7 +287,7 @@ def pipelines_cancel(run_id: str, output: str) -> None:
 @output_option
 def pipelines_schedule(file: str, provider: str | None, output: str) -> None:
     """Register FILE's triggers (schedule, data, model, drift); `mlcloud scheduler` fires them."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     result = pl.schedule(file, provider)
     for warning in result["warnings"]:
@@ -250,7 +303,7 @@ def pipelines_schedule(file: str, provider: str | None, output: str) -> None:
 @click.argument("name")
 def pipelines_unschedule(name: str) -> None:
     """Stop firing pipeline NAME's triggers."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     click.echo(f"{name}: " + ("unscheduled" if pl.unschedule(name) else "was not scheduled"))
 
@@ -259,7 +312,7 @@ def pipelines_unschedule(name: str) -> None:
 @output_option
 def pipelines_scheduled(output: str) -> None:
     """Scheduled pipelines, their triggers' state and last firings."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     rows = pl.scheduled()
     if output == "json":
@@ -280,7 +333,7 @@ def pipelines_scheduled(output: str) -> None:
 @output_option
 def pipelines_trigger(name: str, reason: str, detail: str | None, output: str) -> None:
     """Fire scheduled pipeline NAME now (a drift alert's hook); it runs when no run is active."""
-    from mlcloud import pipelines as pl
+    pl = _pipelines()
 
     firing = pl.trigger(name, reason, detail)
     if output == "json":

@@ -1,16 +1,28 @@
 """``mlcloud rollouts``: canary rollouts that promote or roll back by themselves.
 
 Everything goes through :mod:`mlcloud.rollouts` (imported inside each command: ``mlcloud
---help`` loads none of it)."""
+--help`` loads none of it), or with ``MLCLOUD_SERVER`` set through the team server's
+``/v1/rollouts`` (the same calls; the server's controller decides), printed the same way."""
 
 from __future__ import annotations
 
 import time
+from types import ModuleType
 from typing import Any
 
 import click
 
-from mlcloud.cli.core import _ago, _table, cli, emit_records, output_option
+from mlcloud.cli.core import _ago, _facade, _table, cli, emit_records, output_option
+
+
+def _rollouts() -> Any:
+    """:mod:`mlcloud.rollouts`, or the team server's rollouts (``Client.rollouts``)."""
+    facade = _facade()
+    if not isinstance(facade, ModuleType):  # mlcloud.client.Client
+        return facade.rollouts
+    from mlcloud import rollouts
+
+    return rollouts
 
 
 def _weights(value: str | None) -> list[int] | None:
@@ -55,8 +67,7 @@ def _summary(row: Any) -> list[str]:
 @output_option
 def rollouts_list(endpoint: str | None, output: str) -> None:
     """Every rollout, newest first."""
-    from mlcloud import rollouts as ro
-
+    ro = _rollouts()
     rows = ro.list_rollouts(endpoint)
     if output == "json":
         emit_records([r.to_dict() for r in rows])
@@ -73,8 +84,7 @@ def rollouts_list(endpoint: str | None, output: str) -> None:
 @output_option
 def rollouts_show(rollout_id: str, output: str) -> None:
     """One rollout with every decision and its numbers (restarts a dead controller)."""
-    from mlcloud import rollouts as ro
-
+    ro = _rollouts()
     row = ro.get(rollout_id)
     if output == "json":
         emit_records(row.to_dict())
@@ -109,8 +119,7 @@ def _describe(row: Any) -> None:
 @output_option
 def rollouts_abort(rollout_id: str, output: str) -> None:
     """Roll the canary back now; the stable version serves throughout."""
-    from mlcloud import rollouts as ro
-
+    ro = _rollouts()
     row = ro.abort(rollout_id)
     if output == "json":
         emit_records(row.to_dict())
@@ -140,8 +149,7 @@ def rollouts_start(
     output: str,
 ) -> None:  # fmt: skip
     """Deploy MODEL as a canary of endpoint NAME; promote or roll back by the gate."""
-    from mlcloud import rollouts as ro
-
+    ro = _rollouts()
     row = ro.start(
         model, name, provider, canary, _seconds(bake), gate, _weights(steps), follow,
         min_requests=min_requests, trust_code=trust_code, force=force,

@@ -24,7 +24,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -121,6 +121,17 @@ class DriftResult:
         data["drifted"] = self.drifted
         clean: dict[str, Any] = _finite(data)
         return clean
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> DriftResult:
+        """The result again from its fields as ``dataclasses.asdict`` gave them (NaN kept: what
+        a team server sends), not from :meth:`to_dict` (NaN there is None)."""
+        names = {f.name for f in fields(cls)}
+        kept = {k: v for k, v in data.items() if k in names}
+        kept["features"] = [FeatureDrift(**f) for f in data["features"]]
+        prediction = data.get("prediction")
+        kept["prediction"] = None if prediction is None else FeatureDrift(**prediction)
+        return cls(**kept)
 
 
 def _finite(value: Any) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +65,20 @@ FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def run(
-    file: str | Path,
+    file: str | Path | Mapping[str, Any],
     provider: str | None = None,
     overrides: Sequence[str] = (),
     *,
     no_cache: bool = False,
     reason: str = "manual",
 ) -> RunRow:
-    """Start a run of ``file`` (detached) and return its record."""
-    _, data = load(file, overrides)
+    """Start a run of ``file`` (detached) and return its record. ``file`` may also be the
+    pipeline as :func:`load` returned it (what a team server is sent: read on the caller's
+    machine, its relative paths resolved there)."""
+    if isinstance(file, Mapping):
+        data = pspec.apply_params(dict(file), overrides)
+    else:
+        _, data = load(file, overrides)
     store = Store.open()
     try:
         return start(store, data, provider, no_cache=no_cache, reason=reason)

@@ -11,8 +11,12 @@ cloud provider stages like any local input (its own content-addressed upload), s
 covered through this machine. The SDKs use their standard configuration (credentials, and
 ``AWS_ENDPOINT_URL`` / ``STORAGE_EMULATOR_HOST`` when set).
 
-Not built: ``azureml://`` and Azure blob URIs (they need the workspace's datastore), which a step
-is refused with the reason.
+An ``azureml://`` URI names a datastore of a workspace: only an Azure ML profile resolves it
+(to its blob container), so it is listed and streamed through that provider's
+``list_objects`` / ``download_object`` (see :func:`store_provider` for which profile). Copying
+*into* a store is the step's provider's own staging of a local input (Azure ML uploads it to
+the workspace's datastore at submit). Other schemes (an Azure blob ``https://`` URL) are
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -21,11 +25,17 @@ import hashlib
 import os
 import shutil
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from mlcloud.errors import UnsupportedFeature
+from mlcloud import registry
+from mlcloud.config import load_config
+from mlcloud.errors import SpecError, UnsupportedFeature
+from mlcloud.store import Store
+
+if TYPE_CHECKING:
+    from mlcloud.provider import Provider
 
 READS: dict[str, tuple[str, ...]] = {
     "local": ("",),
@@ -34,7 +44,13 @@ READS: dict[str, tuple[str, ...]] = {
     "vertex": ("gs",),
     "azureml": ("azureml", "https"),
 }
+#: schemes only a provider resolves (the workspace's datastores): scheme -> provider type
+PROVIDER_STORES: dict[str, str] = {"azureml": "azureml"}
+#: what a data trigger watches (anything else remote is digested as its URI: never changes)
+WATCHED = ("s3", "gs", *PROVIDER_STORES)
 _DONE = ".mlcloud-copied"
+# ``profiles``, below: the profiles the pipeline uses, in order; the first of a store's
+# provider type reads that store's URIs (see store_provider).
 
 
 def scheme(uri: str) -> str:
@@ -48,26 +64,29 @@ def readable(provider_type: str, uri: str) -> bool:
     return scheme(uri) in READS.get(provider_type, (scheme(uri),))
 
 
-def for_provider(provider_type: str, uri: str, home: Path) -> str:
+def for_provider(
+    provider_type: str, uri: str, home: Path, profiles: Sequence[str | None] = ()
+) -> str:
     """``uri`` as ``provider_type`` can read it: as is, or a local copy (which a cloud provider
     then stages as it stages any local input)."""
     if readable(provider_type, uri) or scheme(uri) == "":
         return uri
-    return str(localize(uri, home))
+    return str(localize(uri, home, profiles))
 
 
-def remote_digest(uri: str) -> str | None:
-    """A digest of what is stored at a bucket URI now (its objects' names and versions);
-    None when nothing is there. What a data trigger on ``s3://`` / ``gs://`` compares."""
-    objects = sorted((name, version) for name, version, _ in _listing(uri))
+def remote_digest(uri: str, profiles: Sequence[str | None] = ()) -> str | None:
+    """A digest of what is stored at a bucket or datastore URI now (its objects' names and
+    versions: nothing is downloaded); None when nothing is there. What a data trigger on
+    ``s3://`` / ``gs://`` / ``azureml://`` compares."""
+    objects = sorted((name, version) for name, version, _ in _listing(uri, profiles))
     if not objects:
         return None
     return hashlib.sha256("\n".join(f"{n}\0{v}" for n, v in objects).encode()).hexdigest()
 
 
-def localize(uri: str, home: Path) -> Path:
+def localize(uri: str, home: Path, profiles: Sequence[str | None] = ()) -> Path:
     """A local copy of a remote artifact (a file, a ``.tar.gz`` unpacked, or a prefix)."""
-    objects = list(_listing(uri))
+    objects = list(_listing(uri, profiles))
     if not objects:
         raise UnsupportedFeature(f"copying {uri}: nothing is stored there", "pipelines")
     key = hashlib.sha256("\n".join([uri, *(f"{n}\0{e}" for n, e, _ in objects)]).encode())
@@ -104,13 +123,15 @@ def _entry(target: Path) -> Path:
 Listing = Iterator[tuple[str, str, Callable[[BinaryIO], None]]]
 
 
-def _listing(uri: str) -> Listing:
+def _listing(uri: str, profiles: Sequence[str | None] = ()) -> Listing:
     kind = scheme(uri)
     bucket, _, name = uri.split("://", 1)[1].partition("/")
     if kind == "s3":
         return _s3(bucket, name)
     if kind == "gs":
         return _gcs(bucket, name)
+    if kind in PROVIDER_STORES:
+        return _through(store_provider(uri, profiles), uri)
     raise UnsupportedFeature(
         f"copying {uri} between providers",
         "pipelines",
@@ -151,3 +172,37 @@ def _gcs(bucket: str, name: str) -> Listing:
             blob.download_to_file(out)
 
         yield relative, f"{blob.generation}:{blob.etag or blob.md5_hash}", write
+
+
+def store_provider(uri: str, profiles: Sequence[str | None] = ()) -> Provider[Any]:
+    """The provider that reads ``uri`` (a scheme of :data:`PROVIDER_STORES`): the first of
+    ``profiles`` of its type, else the default profile if of that type, else the one profile
+    of that type configured. (Its store is closed: reading storage never touches it.)"""
+    kind = PROVIDER_STORES[scheme(uri)]
+    config = load_config()
+    configured = [p for p in config.profiles.values() if p.type == kind]
+    named = (config.resolve(n) for n in (*profiles, None))  # a bare type name has no settings
+    chosen = [p for p in named if p.type == kind and p.name in config.profiles]
+    if not chosen and len(configured) > 1:
+        names = ", ".join(sorted(p.name for p in configured))
+        raise SpecError(
+            f"reading {uri}: which {kind} profile? {names} are configured",
+            hint="name one as the pipeline's (or a step's) provider",
+        )
+    profile = chosen[0] if chosen else configured[0] if configured else None
+    if profile is None:
+        raise SpecError(
+            f"reading {uri} needs a profile of type {kind} (its workspace, its credential)",
+            hint=f"add a `type: {kind}` profile to mlcloud.yaml",
+        )
+    with Store.borrowed(None) as store:
+        return registry.get_provider(profile, store)
+
+
+def _through(provider: Provider[Any], uri: str) -> Listing:
+    for item in provider.list_objects(uri):
+
+        def write(out: BinaryIO, path: str = item.path) -> None:
+            provider.download_object(uri, path, out)
+
+        yield item.path, item.version, write

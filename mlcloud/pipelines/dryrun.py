@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,17 @@ from mlcloud.pipelines.spec import _REF, Pipeline, Step
 
 
 def plan(
-    file: str | Path, provider: str | None = None, overrides: Sequence[str] = ()
+    file: str | Path | Mapping[str, Any],
+    provider: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``{"pipeline", "steps": [{"step", "kind", "needs", "provider", "plan"|"call"}...],
-    "warnings"}``; warnings name settings a profile lacks (placeholders in the plans)."""
-    pipeline, _ = pspec.load(file, overrides)
+    "warnings"}``; warnings name settings a profile lacks (placeholders in the plans).
+    ``file`` may be the pipeline as ``spec.load`` returned it (what a team server is sent)."""
+    if isinstance(file, Mapping):
+        pipeline = pspec.validate(pspec.apply_params(dict(file), overrides), "pipeline")
+    else:
+        pipeline, _ = pspec.load(file, overrides)
     graph = pspec.edges(pipeline)
     out: list[dict[str, Any]] = []
     with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryDirectory() as tmp:

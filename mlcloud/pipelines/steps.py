@@ -104,7 +104,8 @@ def _readable(ctx: Context, step: Step, uri: str) -> str:
     from mlcloud.pipelines import artifacts
 
     kind = api.resolve_profile(ctx.provider_of(step)).type
-    return artifacts.for_provider(kind, uri, ctx.home)
+    profiles = [ctx.provider_of(s) for s in ctx.pipeline.steps]  # one wrote an azureml:// URI
+    return artifacts.for_provider(kind, uri, ctx.home, profiles)
 
 
 def digest_of(kind: str, payload: Any) -> str:

@@ -24,7 +24,7 @@ import fcntl
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,32 +42,50 @@ from mlcloud.units import parse_duration
 HEAL_AFTER_S = 5.0  # a run this old without a live runner is started again
 
 
-def baseline(trigger: Trigger, now: float) -> dict[str, Any]:
+def baseline(trigger: Trigger, now: float, profiles: Sequence[str | None] = ()) -> dict[str, Any]:
     """What a trigger starts from: nothing before registering fires."""
     if trigger.schedule is not None:
         return {"last": now}
     if trigger.data is not None:
-        return {"digest": data_digest(trigger.data), "n": 0, "checked": now}
+        return {"digest": data_digest(trigger.data, profiles), "n": 0, "checked": now}
     if trigger.model is not None:
         return {"seq": _last_move(trigger.model)[0]}
     return {}
 
 
-def data_digest(uri: str) -> str | None:
-    """The content digest of a local file or directory, or of what a bucket URI holds (its
-    objects' names and ETags / generations: nothing is downloaded)."""
+def data_digest(uri: str, profiles: Sequence[str | None] = ()) -> str | None:
+    """The content digest of a local file or directory, or of what a bucket or datastore URI
+    holds (its objects' names and ETags / generations: nothing is downloaded). ``profiles``:
+    the pipeline's, one of which reads an ``azureml://`` URI."""
     if not datadigest.is_remote(uri):
         return datadigest.digest(uri)["digest"]  # type: ignore[no-any-return]
-    if not uri.startswith(("s3://", "gs://")):
-        return f"uri:{uri}"  # not watched (schedule warns): never changes
     from mlcloud.pipelines import artifacts
 
-    return artifacts.remote_digest(uri)
+    if not _watched(uri):
+        return f"uri:{uri}"  # not watched (schedule warns): never changes
+    return artifacts.remote_digest(uri, profiles)
 
 
-def schedule(file: str | Path, provider: str | None = None) -> dict[str, Any]:
-    """Register (or re-register) the triggers of ``file``; returns the schedule and warnings."""
-    pipeline, data = pspec.load(file)
+def _watched(uri: str) -> bool:
+    from mlcloud.pipelines import artifacts
+
+    return not datadigest.is_remote(uri) or artifacts.scheme(uri) in artifacts.WATCHED
+
+
+def _profiles(pipeline: Pipeline) -> list[str | None]:
+    """The profiles a pipeline uses: its own (``--provider`` at schedule time), its steps'."""
+    return [pipeline.provider, *(s.provider for s in pipeline.steps)]
+
+
+def schedule(
+    file: str | Path, provider: str | None = None, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Register (or re-register) the triggers of ``file``; returns the schedule and warnings.
+    ``data``: ``file`` as the caller loaded it (a team server is sent it, not the path's file)."""
+    if data is None:
+        pipeline, data = pspec.load(file)
+    else:
+        pipeline = pspec.validate(data, f"pipeline file {file}")
     if not pipeline.triggers:
         raise SpecError(
             f"pipeline {pipeline.name} has no triggers",
@@ -76,12 +94,13 @@ def schedule(file: str | Path, provider: str | None = None) -> dict[str, Any]:
     if provider is not None:
         data = {**data, "provider": provider}
     warnings = [
-        f"data trigger {t.data}: only local paths, s3:// and gs:// are watched"
+        f"data trigger {t.data}: only local paths, s3://, gs:// and azureml:// are watched"
         for t in pipeline.triggers
-        if t.data and datadigest.is_remote(t.data) and not t.data.startswith(("s3://", "gs://"))
+        if t.data and not _watched(t.data)
     ]
     now = time.time()
-    states = [(t.kind, baseline(t, now)) for t in pipeline.triggers]
+    profiles = [provider, *_profiles(pipeline)]
+    states = [(t.kind, baseline(t, now, profiles)) for t in pipeline.triggers]
     with Store.borrowed(None) as store:
         db.put_schedule(store, pipeline.name, str(Path(file).resolve()), data, states)
     return {
@@ -202,7 +221,7 @@ def _check_data(
     wait_s = parse_duration(t.settle) if pending else parse_duration(t.every)
     if now - float(state.get("checked", 0)) < wait_s:
         return
-    digest = data_digest(t.data)
+    digest = data_digest(t.data, _profiles(p))
     new = {**state, "checked": now}
     if digest == state.get("digest"):
         new.pop("pending", None)

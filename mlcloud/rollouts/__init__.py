@@ -15,6 +15,7 @@ whose controller is gone) and carries on from the step it was on.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import getpass
 import itertools
@@ -49,6 +50,7 @@ __all__ = [
     "resume_all",
     "run",
     "start",
+    "start_adopter",
     "use_server_metrics",
 ]
 
@@ -57,6 +59,9 @@ Rollout = RolloutRow
 MIN_REQUESTS = 20
 #: consecutive failed checks before a controller gives up (and rolls back)
 MAX_ERRORS = 30
+#: seconds between the server's looks for rollouts to adopt (``start_adopter``)
+ADOPT_EVERY = 2.0
+STARTING_GRACE = 30.0
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?P<sep>[@:])(?P<tag>[A-Za-z0-9_.-]+)$")
 
 
@@ -113,19 +118,22 @@ def start(
     row = _new_row(prov, model, name, weights, bake_s, gate, min_requests, stable)
     deployment = api.build_deployment(model, name, prov.store, trust_code=trust_code)
     if not force:
-        api.check_same_inputs(name, prov.endpoint_status(name).model, deployment.model)
+        api.check_same_inputs(name, prov.endpoint_status(name).model, deployment.model, prov)
     split = {"new": weights[0], "previous": 100 - weights[0]}
     deployment = type(deployment).model_validate({**deployment.model_dump(), "traffic": split})
     row = db.create(prov.store, row, f"deploy {model} to {name} as a {weights[0]}% canary")
-    try:
-        record = prov.deploy(prov.plan_deploy(deployment))
-    except BaseException as exc:
-        db.transition(
-            prov.store, row.id, ("starting", 0), "fail", f"the canary deploy failed: {exc}", {},
-            state="failed", message=str(exc)[:500],
-        )  # fmt: skip
-        raise
-    row = controller.began_baking(prov.store, prov, row, str(record.details["newest"]))
+    # held while the canary deploys: no controller (the server's adopter, a `rollouts show`)
+    # takes this rollout for one whose deploy was interrupted
+    with _controller_lock(prov.store, row.id):
+        try:
+            record = prov.deploy(prov.plan_deploy(deployment))
+        except BaseException as exc:
+            db.transition(
+                prov.store, row.id, ("starting", 0), "fail", f"the canary deploy failed: {exc}",
+                {}, state="failed", message=str(exc)[:500],
+            )  # fmt: skip
+            raise
+        row = controller.began_baking(prov.store, prov, row, str(record.details["newest"]))
     if follow:
         return run(row.id, store=prov.store)
     return spawn(prov.store, row)
@@ -214,7 +222,7 @@ def run(rollout_id: str | int, store: Store | None = None, timeout: float | None
         row = db.get(st, rid)
         if not held:
             return row
-        db.update(st, rid, controller={"pid": os.getpid(), "since": time.time()})
+        db.update(st, rid, controller=_controller_info())
         deadline = None if timeout is None else time.monotonic() + timeout
         errors = 0
         while row.state not in db.FINAL:
@@ -235,6 +243,15 @@ def run(rollout_id: str | int, store: Store | None = None, timeout: float | None
         return row
 
 
+def _controller_info() -> dict[str, Any]:
+    """Who runs the controller: this process, and the thread when it is one of the server's
+    (``spawn`` writes the same, so whichever write lands last keeps it)."""
+    info: dict[str, Any] = {"pid": os.getpid(), "since": time.time()}
+    if threading.current_thread() is not threading.main_thread():
+        info["thread"] = threading.current_thread().name
+    return info
+
+
 def _give_up(store: Store, rollout_id: int, exc: Exception) -> Rollout:
     """The controller could not check the canary ``MAX_ERRORS`` times running: roll back (the
     safe side) and say why."""
@@ -252,11 +269,17 @@ def spawn(store: Store, row: RolloutRow) -> Rollout:
     Inside the server (its metrics registered) the controller is a thread of the server
     instead: the gateway's numbers live in that process."""
     if stats.server_metrics_in_use():
-        thread = threading.Thread(target=run, args=(row.id,), name=f"rollout-r-{row.id}")
+        # in the caller's context: a promotion's registry move is the starting token's
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(run, row.id), name=f"rollout-r-{row.id}"
+        )
         thread.daemon = True
         thread.start()
-        db.update(store, row.id, controller={"pid": os.getpid(), "thread": thread.name,
-                                             "since": time.time()})  # fmt: skip
+        db.update(store, row.id, controller={**_controller_info(), "thread": thread.name})
+        return db.get(store, row.id)
+    if stats.handed_to_server():  # the server's adopter picks it up within ADOPT_EVERY
+        db.update(store, row.id, controller={"by": "server", "since": time.time()})
         return db.get(store, row.id)
     log = _dir(store) / f"r-{row.id}.log"
     with open(log, "ab") as out:
@@ -289,11 +312,34 @@ def resume(rollout_id: str | int, store: Store | None = None) -> Rollout:
 
 
 def resume_all(store: Store | None = None) -> list[Rollout]:
-    """Resume every unfinished rollout (the server does this when it starts)."""
+    """Resume every unfinished rollout (the server does this when it starts, and its adopter
+    every ``ADOPT_EVERY`` s). One created in the last ``STARTING_GRACE`` s is left to its
+    starter, which locks it only once the row exists."""
+    recent = time.time() - STARTING_GRACE
     with Store.borrowed(store) as st:
         return [
-            resume(r.id, st) for r in db.list_rollouts(st, limit=1000) if r.state not in db.FINAL
+            resume(r.id, st)
+            for r in db.list_rollouts(st, limit=1000)
+            if r.state not in db.FINAL and not (r.state == "starting" and r.created_at > recent)
         ]
+
+
+def start_adopter(interval: float = ADOPT_EVERY) -> tuple[threading.Thread, threading.Event]:
+    """The server's thread that runs every unfinished rollout without a live controller: one a
+    pipeline runner started (handed to the server), or one whose controller died. Set the
+    event to stop it."""
+    stop = threading.Event()
+
+    def adopt() -> None:
+        while not stop.wait(interval):
+            try:
+                resume_all()
+            except Exception as exc:  # a store hiccup: the next tick tries again
+                print(f"rollouts not adopted: {exc!r}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=adopt, name="mlcloud-rollout-adopter", daemon=True)
+    thread.start()
+    return thread, stop
 
 
 def get(rollout_id: str | int, store: Store | None = None, *, heal: bool = True) -> Rollout:
@@ -307,10 +353,11 @@ def list_rollouts(endpoint: str | None = None, store: Store | None = None) -> li
         return db.list_rollouts(st, endpoint)
 
 
-def abort(rollout_id: str | int, store: Store | None = None) -> Rollout:
-    """Roll the canary back now; the stable version keeps serving throughout."""
+def abort(rollout_id: str | int, store: Store | None = None, who: str | None = None) -> Rollout:
+    """Roll the canary back now; the stable version keeps serving throughout. ``who``: the
+    name recorded (the server's token name; default the OS user)."""
     with Store.borrowed(store) as st:
-        return controller.abort(st, parse_id(rollout_id), getpass.getuser())
+        return controller.abort(st, parse_id(rollout_id), who or getpass.getuser())
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -7,6 +7,9 @@
   on the provider: the local front's ``/-/stats``). Those are cumulative since the front
   started, with fixed latency buckets, so a step's sample is the difference from the
   snapshot taken when the step began (``baseline``) — percentiles included.
+* In a process the server started (a pipeline's runner: ``HANDOFF_ENV`` is set by
+  ``mlcloud server``), a rollout is handed to the server: its adopter thread runs the
+  controller, on the gateway's numbers, whatever the provider.
 * A cloud provider without the server has no per-version numbers mlcloud can read (SageMaker,
   Vertex and Azure ML publish theirs to their own monitoring services, minutes late): a rollout
   there refuses to start and says to run it inside the server.
@@ -14,6 +17,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -32,6 +36,8 @@ class VersionStats(Protocol):
 
 
 ServerMetrics = Callable[[str, str], VersionStats | None]
+#: set (to "1") by ``mlcloud server`` for the processes it starts (pipeline runners)
+HANDOFF_ENV = "MLCLOUD_ROLLOUTS_BY_SERVER"
 _server_metrics: ServerMetrics | None = None
 
 
@@ -45,9 +51,15 @@ def server_metrics_in_use() -> bool:
     return _server_metrics is not None
 
 
+def handed_to_server() -> bool:
+    """This process was started by ``mlcloud server`` and is not the server: the rollouts it
+    starts are run by the server's controller (see ``rollouts.start_adopter``)."""
+    return _server_metrics is None and os.environ.get(HANDOFF_ENV) == "1"
+
+
 def check_source(provider: Any) -> str:
     """Which source a rollout on ``provider`` reads; ``UnsupportedFeature`` if none."""
-    if _server_metrics is not None:
+    if _server_metrics is not None or handed_to_server():
         return "server gateway metrics"
     if callable(getattr(provider, "version_stats", None)):
         return "the endpoint's own per-version counters"

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mlcloud import errors
 from mlcloud.server import problems
 from mlcloud.server.auth import AuthProblem, RateLimiter, TokenVerifier, check_startup
+from mlcloud.server.fastpath import PredictFastPath
 from mlcloud.server.observe import ObserveMiddleware
 from mlcloud.server.settings import Settings
 from mlcloud.store import Store
@@ -41,9 +42,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         _, stop_scheduler = start_thread()
         _, stop_checks = alerts.start_thread()  # endpoints' drift checks (claimed in the store)
+        # rollouts the pipelines' runners start, or whose controller died, run here (threads)
+        from mlcloud.rollouts import start_adopter
+
+        _, stop_adopter = start_adopter()
         yield
         stop_scheduler.set()
         stop_checks.set()
+        stop_adopter.set()
         log.info("stopped: in-flight requests finished")
 
     from mlcloud import __version__ as version
@@ -57,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings.token_cache_s)
     app.state.limiter = RateLimiter(settings.predict_rate, settings.predict_burst)
+    app.add_middleware(PredictFastPath)  # inside ObserveMiddleware: still access-logged
     app.add_middleware(ObserveMiddleware)
     _handlers(app)
     _health(app)
@@ -65,13 +72,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _routers(app: FastAPI) -> None:
-    from mlcloud.server import routes_admin, routes_endpoints, routes_jobs, routes_models
+    from mlcloud.server import (
+        routes_admin,
+        routes_endpoints,
+        routes_jobs,
+        routes_models,
+        routes_monitor,
+        routes_pipelines,
+        routes_rollouts,
+    )
     from mlcloud.server.gateway import router as gateway
 
     app.include_router(routes_jobs.router)
     app.include_router(gateway)  # before /v1/endpoints/{name}: ":predict" is its own route
     app.include_router(routes_endpoints.router)
     app.include_router(routes_models.router)
+    app.include_router(routes_rollouts.router)
+    app.include_router(routes_pipelines.router)
+    app.include_router(routes_monitor.router)
     app.include_router(routes_admin.router)
 
 

@@ -13,6 +13,8 @@ bound beyond loopback refuses to start without tokens (:func:`check_startup`).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +25,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from mlcloud.errors import ConfigError
-from mlcloud.server.settings import Settings
+from mlcloud.server.settings import Settings, is_loopback
 from mlcloud.store import Store
 from mlcloud.store import auth as token_store
 
@@ -70,6 +72,7 @@ class TokenVerifier:
         self._lock = threading.Lock()
         self._active: list[tuple[str, str, str]] = []
         self._read_at = -1e18
+        self._pending: asyncio.Future[list[tuple[str, str, str]]] | None = None
 
     def active(self, max_age: float | None = None) -> list[tuple[str, str, str]]:
         """Blocking (reads the store when the copy is older than ``max_age``, default the
@@ -80,9 +83,21 @@ class TokenVerifier:
                 self._read_at = time.monotonic()
             return self._active
 
+    async def _reread(self, max_age: float | None) -> list[tuple[str, str, str]]:
+        """``active`` in a worker thread, once for all the requests that find the copy stale
+        at the same time (not one thread hop each)."""
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = asyncio.ensure_future(run_in_threadpool(self.active, max_age))
+            pending.add_done_callback(self._reread_done)
+        return await asyncio.shield(pending)  # a caller that goes away cancels only itself
+
+    def _reread_done(self, _: asyncio.Future[list[tuple[str, str, str]]]) -> None:
+        self._pending = None
+
     async def identify(self, header: str | None, loopback: bool) -> Identity:
         fresh = time.monotonic() - self._read_at < self.ttl
-        active = self._active if fresh else await run_in_threadpool(self.active)
+        active = self._active if fresh else await self._reread(None)
         if not active and loopback:
             return Identity(OPEN_LOOPBACK, "admin")
         scheme, _, token = (header or "").partition(" ")
@@ -96,7 +111,7 @@ class TokenVerifier:
         found = token_store.match(active, token.strip())
         if found is None and time.monotonic() - self._read_at >= MISS_REREAD_S:
             # a token created since the last read: look again (at most every MISS_REREAD_S)
-            active = await run_in_threadpool(self.active, MISS_REREAD_S)
+            active = await self._reread(MISS_REREAD_S)
             found = token_store.match(active, token.strip())
         if found is None:
             raise AuthProblem(
@@ -153,16 +168,31 @@ def require(role: str, limit: str | None = None) -> Callable[[Request], Awaitabl
         raise ValueError(f"unknown role {role!r}")
 
     async def dependency(request: Request) -> Identity:
-        state = request.app.state
-        verifier: TokenVerifier = state.verifier
-        who = await verifier.identify(request.headers.get("authorization"), state.settings.loopback)
-        request.state.actor = who.name
-        demand(who, role)
-        if limit is not None:
-            state.limiter.check(limit, who)
-        return who
+        return await authorize(
+            request.app.state, request.headers.get("authorization"), role, limit,
+            request.scope.setdefault("state", {}),
+        )  # fmt: skip
 
     return dependency
+
+
+async def authorize(
+    state: Any, header: str | None, role: str, limit: str | None, scope_state: dict[str, Any]
+) -> Identity:
+    """``require``'s check, for a route or the predict fast path: the caller's identity (its
+    name recorded in the scope's state, what the access log names), else ``AuthProblem``."""
+    verifier: TokenVerifier = state.verifier
+    who = await verifier.identify(header, _loopback(state.settings.host))
+    scope_state["actor"] = who.name
+    demand(who, role)
+    if limit is not None:
+        state.limiter.check(limit, who)
+    return who
+
+
+@functools.lru_cache(maxsize=8)
+def _loopback(host: str) -> bool:
+    return is_loopback(host)  # parsing the address costs more than the rest of the check
 
 
 def check_startup(settings: Settings, store: Store | None = None) -> None:

@@ -3,9 +3,11 @@
 One URL scheme for every provider. The endpoint is looked up through :mod:`mlcloud.api` (an
 unknown name is a 404 problem) and resolved into an upstream (``upstreams.target_of``), cached
 for ``target_ttl_s``. HTTP upstreams (the local front, Ray Serve) get the caller's bytes as they
-came, on pooled keep-alive connections, streamed both ways when large; cloud endpoints are
+came, on pooled keep-alive connections, streamed both ways when large (a small body to a local
+front goes through the front's own lean client, ``mlcloud.proxy_client``); cloud endpoints are
 called through the provider's SDK client in a worker thread (``cloud_upstreams``), so their
-credentials stay on the server.
+credentials stay on the server. A small body's request is answered by the pure-ASGI fast path
+(:mod:`mlcloud.server.fastpath`) before FastAPI routes it; both share ``serve``.
 
 Whose fault a failure is stays visible: a model refusing the caller's request answers its own
 4xx, passed on; the gateway answers 413 for a body over the limit, 502 when the upstream is
@@ -20,30 +22,35 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from mlcloud import proxy_client
 from mlcloud.errors import ConfigError, MlcloudError
 from mlcloud.rollouts import stats as rollout_stats
 from mlcloud.server import metrics as gateway_metrics
+from mlcloud.server.answers import (
+    failure_response,
+    problem_response,
+    respond,
+    since,
+    too_large,
+)
 from mlcloud.server.auth import Identity, require
-from mlcloud.server.problems import PROBLEM_JSON, http_problem, problem, status_for
+from mlcloud.server.problems import problem, status_for
 from mlcloud.server.upstreams import (
     HTTP_TYPES,
-    VERSION_HEADER,
     Answer,
     Target,
     UpstreamFailure,
-    classify,
     forward_http,
+    forward_lean,
     target_of,
 )
 
@@ -100,6 +107,10 @@ class Gateway:
             auto_decompress=False,  # the bytes as the upstream sent them
             skip_auto_headers=("User-Agent",),
         )
+        # local fronts' buffered predictions go through the front's own lean client
+        self.lean = proxy_client.UpstreamClient() if proxy_client.available() else None
+        # its connections in use, bounded as aiohttp's connector bounds the others
+        self.lean_slots = asyncio.Semaphore(config.max_connections)
         self._targets: dict[tuple[str, str | None], Target] = {}
         # blocking SDK calls get threads of their own: a slow cloud never starves the store
         self.cloud_threads = anyio.CapacityLimiter(config.cloud_threads)
@@ -150,6 +161,8 @@ class Gateway:
         return _now() - target.resolved_at > self.config.target_ttl_s
 
     async def aclose(self) -> None:
+        if self.lean is not None:
+            self.lean.close()
         await self.session.close()
 
 
@@ -248,25 +261,42 @@ async def predict(
     started = time.perf_counter()
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > gateway.config.max_body:
-        return _too_large(gateway)
+        return too_large(gateway.config.max_body)
+
+    def forward(target: Target) -> Awaitable[Answer]:
+        return _forward(gateway, target, request, length, provider)
+
+    return await serve(gateway, name, provider, request.url.path, started, forward)
+
+
+async def serve(
+    gateway: Gateway,
+    name: str,
+    provider: str | None,
+    path: str,
+    started: float,
+    forward: Callable[[Target], Awaitable[Answer]],
+) -> Response:
+    """Resolve ``name``, ``forward`` the request to it and render the answer or the failure,
+    counted (the route and the fast path, :mod:`mlcloud.server.fastpath`, share it)."""
     try:
         target = await gateway.target(name, provider)
     except MlcloudError as err:
-        return _problem(problem(err, instance=request.url.path), status_for(err))
+        return problem_response(problem(err, instance=path), status_for(err))
     except UpstreamFailure as failure:
-        return _failure(failure, None)
+        return failure_response(failure, None)
     try:
-        answer = await _forward(gateway, target, request, length, provider)
+        answer = await forward(target)
     except BodyTooLarge:
-        return _too_large(gateway)
+        return too_large(gateway.config.max_body)
     except MlcloudError as err:  # looked up again to heal it, and gone or refused
-        return _problem(problem(err, instance=request.url.path), status_for(err))
+        return problem_response(problem(err, instance=path), status_for(err))
     except UpstreamFailure as failure:
         version = failure.version or target.fallback_version
         error = failure.kind if failure.status >= 500 else None
-        gateway.metrics.observe(name, version, failure.status, _since(started), error)
-        return _failure(failure, version)
-    return await _respond(gateway, target, answer, started)
+        gateway.metrics.observe(name, version, failure.status, since(started), error)
+        return failure_response(failure, version)
+    return await respond(gateway.metrics, target, answer, started)
 
 
 async def _forward(
@@ -274,10 +304,39 @@ async def _forward(
 ) -> Answer:
     config = gateway.config
     content_type = request.headers.get("content-type") or "application/json"
+    accept = request.headers.get("accept")
+    small = length is not None and length.isdigit() and int(length) <= STREAM_MIN
+    if small or target.type not in HTTP_TYPES:
+        data = await _read(request, config.max_body)
+        return await forward_bytes(gateway, target, data, content_type, accept, provider)
+    headers = {"content-type": content_type}
+    if accept is not None:
+        headers["accept"] = accept
+    if length is not None:
+        headers["content-length"] = length
+    counted = _Limited(request, config.max_body)
+    try:
+        return await forward_http(gateway.session, target, counted(), headers, config.timeout_s)
+    except UpstreamFailure:
+        if counted.over:  # the HTTP client reports the body's own failure as a broken upload
+            raise BodyTooLarge from None
+        raise
+
+
+async def forward_bytes(
+    gateway: Gateway,
+    target: Target,
+    data: bytes,
+    content_type: str,
+    accept: str | None,
+    provider: str | None,
+) -> Answer:
+    """A whole body to ``target``: a cloud SDK call in a worker thread, else an HTTP POST (a
+    local front that does not answer is healed by its provider, then tried once more)."""
+    config = gateway.config
     if target.type not in HTTP_TYPES:
-        body = await _read(request, config.max_body)
         call = anyio.to_thread.run_sync(
-            _invoke_cloud, target, body, content_type, config.timeout_s,
+            _invoke_cloud, target, data, content_type, config.timeout_s,
             limiter=gateway.cloud_threads,
         )  # fmt: skip
         try:
@@ -288,27 +347,36 @@ async def _forward(
                 f"answer within {config.timeout_s:g}s",
             ) from None  # fmt: skip
     headers = {"content-type": content_type}
-    if "accept" in request.headers:
-        headers["accept"] = request.headers["accept"]
-    if length is not None and length.isdigit() and int(length) <= STREAM_MIN:
-        data = await _read(request, config.max_body)
-        try:
-            return await forward_http(gateway.session, target, data, headers, config.timeout_s)
-        except UpstreamFailure as failure:
-            if target.type != "local" or failure.kind != "UpstreamUnreachable":
-                raise
-        # the front did not answer: its status restarts a dead one; then once more
-        healed = await gateway.healed(target, provider)
-        return await forward_http(gateway.session, healed, data, headers, config.timeout_s)
-    if length is not None:
-        headers["content-length"] = length
-    counted = _Limited(request, config.max_body)
+    if accept is not None:
+        headers["accept"] = accept
     try:
-        return await forward_http(gateway.session, target, counted(), headers, config.timeout_s)
-    except UpstreamFailure:
-        if counted.over:  # the HTTP client reports the body's own failure as a broken upload
-            raise BodyTooLarge from None
-        raise
+        return await _post(gateway, target, data, headers)
+    except UpstreamFailure as failure:
+        if target.type != "local" or failure.kind != "UpstreamUnreachable":
+            raise
+    # the front did not answer: its status restarts a dead one; then once more
+    healed = await gateway.healed(target, provider)
+    return await _post(gateway, healed, data, headers)
+
+
+def _post(
+    gateway: Gateway, target: Target, data: bytes, headers: dict[str, str]
+) -> Awaitable[Answer]:
+    timeout = gateway.config.timeout_s
+    if target.base is not None and gateway.lean is not None:  # a local front
+        return _lean(gateway, gateway.lean, target, data, headers)
+    return forward_http(gateway.session, target, data, headers, timeout)
+
+
+async def _lean(
+    gateway: Gateway,
+    client: proxy_client.UpstreamClient,
+    target: Target,
+    data: bytes,
+    headers: dict[str, str],
+) -> Answer:
+    async with gateway.lean_slots:
+        return await forward_lean(client, target, data, headers, gateway.config.timeout_s)
 
 
 def _invoke_cloud(target: Target, body: bytes, content_type: str, timeout: float) -> Answer:
@@ -337,96 +405,6 @@ class _Limited:
                 raise BodyTooLarge
             if chunk:
                 yield chunk
-
-
-async def _respond(gateway: Gateway, target: Target, answer: Answer, started: float) -> Response:
-    """The model's answer (2xx, or its 4xx refusal of the caller's request) passed on, or the
-    gateway's problem for an upstream failure; counted either way."""
-    name, version = target.name, answer.version
-    failure = classify(answer.status)
-    if failure is not None:
-        excerpt = await _excerpt(answer)
-        status, kind = failure
-        gateway.metrics.observe(name, version, status, _since(started), kind)
-        detail = f"endpoint {name!r} ({target.type}) answered {answer.status}: {excerpt}"
-        return _failure(UpstreamFailure(status, kind, detail, upstream_status=answer.status),
-                        version)  # fmt: skip
-    if isinstance(answer.body, bytes):
-        gateway.metrics.observe(name, version, answer.status, _since(started))
-        response = Response(answer.body, answer.status)
-        _add_headers(response, answer.headers, version)
-        return response
-
-    async def body() -> AsyncIterator[bytes]:
-        status, error = answer.status, None
-        try:
-            assert not isinstance(answer.body, bytes)
-            async for chunk in answer.body:
-                yield chunk
-        except Exception:
-            status, error = 502, "UpstreamBroken"
-            raise
-        finally:
-            if answer.close is not None:
-                await answer.close()
-            gateway.metrics.observe(name, version, status, _since(started), error)
-
-    streamed = StreamingResponse(body(), answer.status)
-    _add_headers(streamed, answer.headers, version)
-    return streamed
-
-
-def _add_headers(response: Response, headers: list[tuple[str, str]], version: str) -> None:
-    for key, value in headers:
-        response.headers.append(key, value)
-    response.headers[VERSION_HEADER] = version
-
-
-async def _excerpt(answer: Answer, limit: int = 500) -> str:
-    if isinstance(answer.body, bytes):
-        data = answer.body
-    else:
-        data = b""
-        try:
-            async for chunk in answer.body:
-                data += chunk
-                if len(data) >= limit:
-                    break
-        finally:
-            if answer.close is not None:
-                await answer.close()
-    return data[:limit].decode(errors="replace")
-
-
-def _since(started: float) -> float:
-    return time.perf_counter() - started
-
-
-def _too_large(gateway: Gateway) -> Response:
-    limit = gateway.config.max_body
-    body = http_problem(
-        413, "BodyTooLarge", f"the request body is larger than the limit of {limit} bytes",
-        hint="send fewer instances per request",
-    )  # fmt: skip
-    return _problem(body, 413, {"connection": "close"})
-
-
-def _failure(failure: UpstreamFailure, version: str | None) -> Response:
-    extra: dict[str, Any] = {}
-    if failure.upstream_status is not None:
-        extra["upstream_status"] = failure.upstream_status
-    if version is not None:
-        extra["version"] = version
-    hint = "the caller's request was fine; retry later" if failure.status in (503, 504) else None
-    body = http_problem(failure.status, failure.kind, failure.detail, hint, **extra)
-    headers = {VERSION_HEADER: version} if version is not None else {}
-    if failure.retry_after is not None:
-        headers["retry-after"] = str(failure.retry_after)
-    return _problem(body, failure.status, headers)
-
-
-def _problem(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_JSON)
 
 
 @router.get("/metrics", response_model=None, include_in_schema=False)

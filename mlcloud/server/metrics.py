@@ -22,6 +22,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -112,6 +113,16 @@ def _percentile(counts: list[int], total: int, q: float) -> float | None:
     return round(_bin_ms(_BINS - 1), 3)  # pragma: no cover (counts add up to total)
 
 
+class _Series:
+    """One (endpoint, version)'s bound Prometheus children and its sliding window."""
+
+    __slots__ = ("codes", "latency", "window")
+
+    def __init__(self, latency: Any, window: _Window) -> None:
+        self.latency, self.window = latency, window
+        self.codes: dict[int, Any] = {}  # status -> its requests counter child
+
+
 class Metrics:
     """The gateway's series: one per app (``registry`` is what ``/metrics`` exposes)."""
 
@@ -123,6 +134,7 @@ class Metrics:
         self._clock = clock
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, str], _Window] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
         labels = ("endpoint", "version")
         self._requests = Counter(
             "mlcloud_predict_requests",
@@ -149,16 +161,26 @@ class Metrics:
     ) -> None:
         """One answered request. ``error`` names an upstream failure (counted against the
         version); a caller's 4xx has none."""
-        self._requests.labels(endpoint, version, str(status)).inc()
+        series = self._series.get((endpoint, version)) or self._bind(endpoint, version)
+        counter = series.codes.get(status)
+        if counter is None:
+            counter = series.codes[status] = self._requests.labels(endpoint, version, str(status))
+        counter.inc()
         if error is not None:
             self._errors.labels(endpoint, version, error).inc()
-        self._latency.labels(endpoint, version).observe(seconds)
-        key = (endpoint, version)
+        series.latency.observe(seconds)
         with self._lock:
+            series.window.add(int(self._clock()), seconds * 1000.0, error is not None)
+
+    def _bind(self, endpoint: str, version: str) -> _Series:
+        """A new version's series, its label children looked up once (not per request)."""
+        with self._lock:
+            key = (endpoint, version)
             window = self._windows.get(key)
             if window is None:
                 window = self._windows[key] = _Window(self.window_max_s)
-            window.add(int(self._clock()), seconds * 1000.0, error is not None)
+            series = _Series(self._latency.labels(endpoint, version), window)
+            return self._series.setdefault(key, series)
 
     def version_stats(self, endpoint: str, version: str, window_s: float = 60.0) -> VersionStats:
         """``version``'s requests to ``endpoint`` during the last ``window_s`` seconds (at most

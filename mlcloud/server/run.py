@@ -24,6 +24,11 @@ def serve(settings: Settings) -> None:
         os.environ["MLCLOUD_DATABASE_URL"] = settings.database_url
     check_startup(settings)
     os.environ.update(settings.to_env())
+    # the processes the server starts (pipeline runners) hand their rollouts to the server,
+    # whose gateway sees the predictions (mlcloud.rollouts.stats)
+    from mlcloud.rollouts.stats import HANDOFF_ENV
+
+    os.environ[HANDOFF_ENV] = "1"
     uvicorn.run(
         APP_FACTORY,
         factory=True,

@@ -14,6 +14,7 @@ overloaded, 504 too slow), kept apart from a model's own 4xx answer to a bad req
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from mlcloud.provider import Provider
+    from mlcloud.proxy_client import UpstreamClient
 
 VERSION_HEADER = "x-mlcloud-version"
 HTTP_TYPES = frozenset({"local", "ray"})
@@ -50,6 +52,8 @@ _DROP_OUT = frozenset(
         VERSION_HEADER,
     }
 )
+_DROP_OUT_RAW = frozenset(name.encode() for name in _DROP_OUT)
+_VERSION_RAW = VERSION_HEADER.encode()
 
 
 class UpstreamFailure(Exception):
@@ -85,6 +89,7 @@ class Answer:
     body: bytes | AsyncIterator[bytes]
     version: str
     close: Callable[[], Awaitable[None]] | None = None
+    raw: list[tuple[bytes, bytes]] | None = None  # the lean client's headers, used as they are
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Target:
     record: EndpointRecord
     provider: Provider[Any]
     url: str | None = None  # HTTP upstreams: the predict URL
+    base: str | None = None  # a local front: its ``http://host:port`` (the lean client's key)
     headers: dict[str, str] = field(default_factory=dict)  # HTTP upstreams: auth
     resolved_at: float = field(default_factory=time.monotonic)
     cache: dict[str, Any] = field(default_factory=dict)  # per-target SDK facts (Azure's key)
@@ -134,7 +140,8 @@ def target_of(record: EndpointRecord, provider: Provider[Any]) -> Target:
         front = record.details.get("front")
         if not front:
             raise UpstreamFailure(503, "NotServing", f"endpoint {record.name!r} has no front")
-        target.url = _http_url(str(front["host"]), int(front["port"])) + "/predict"
+        target.base = _http_url(str(front["host"]), int(front["port"]))
+        target.url = target.base + "/predict"
         if record.details.get("auth") == "token":
             token = _local_token(provider.store.home)
             target.headers["authorization"] = f"Bearer {token}"
@@ -235,6 +242,43 @@ async def forward_http(
         resp.release()
 
     return Answer(resp.status, out, resp.content.iter_any(), version, close=close)
+
+
+async def forward_lean(
+    client: UpstreamClient,
+    target: Target,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+) -> Answer:
+    """POST a buffered ``body`` to a local front with the lean client (``mlcloud.proxy_client``,
+    the front's own: a third of aiohttp's CPU per request). The answer is buffered whole, as
+    the front itself buffers it; its raw headers are passed on without being decoded."""
+    assert target.base is not None
+    sent = [*headers.items(), *target.headers.items()]
+    for attempt in (1, 2):
+        try:
+            async with asyncio.timeout(timeout):
+                status, raw, data = await client.request(
+                    target.base, "POST", "/predict", sent, body
+                )
+            break
+        except TimeoutError:  # before OSError: TimeoutError is one
+            late = TimeoutError(f"no answer within {timeout:g}s")
+            raise UpstreamFailure(504, "UpstreamTimeout", _said(target, late)) from None
+        except OSError as exc:
+            # refused, or a pooled connection the front closed as it was reused: a pure
+            # prediction whose bytes are still here is sent once more, on a fresh connection
+            if attempt == 2:
+                raise _unreachable(target, exc) from None
+    version, out = None, []
+    for name, value in raw:
+        low = name.lower()
+        if low == _VERSION_RAW:
+            version = version or value.decode("latin-1")
+        elif low not in _DROP_OUT_RAW:
+            out.append((low, value))
+    return Answer(status, [], data, version or target.fallback_version, raw=out)
 
 
 def _unreachable(target: Target, exc: Exception) -> UpstreamFailure:

@@ -248,7 +248,9 @@ def put_schedule(
 
 def unschedule(store: Store, name: str) -> bool:
     with store._tx() as db:
-        cur = db.execute("UPDATE pipeline_schedules SET enabled = 0 WHERE name = ?", (name,))
+        cur = db.execute(  # False when it was not scheduled (or already unscheduled)
+            "UPDATE pipeline_schedules SET enabled = 0 WHERE name = ? AND enabled = 1", (name,)
+        )
         return cur.rowcount > 0
 
 

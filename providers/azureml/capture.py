@@ -19,7 +19,6 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from mlcloud.errors import UnsupportedFeature
 from mlcloud.provider import CapturedRecords
 
 if TYPE_CHECKING:
@@ -53,7 +52,7 @@ def read(
     provider: AzureMLProvider, record: EndpointRecord, since: float, until: float
 ) -> CapturedRecords:
     """Every captured request of ``record`` in the window, from the hour folders it spans."""
-    container = _container(provider)
+    container = provider.datastores.container(DATASTORE)  # where the collector writes
     base = f"{ROOT}/{record.name}/"
     requests: dict[str, dict[str, Any]] = {}
     answers: dict[str, Any] = {}
@@ -86,23 +85,6 @@ def read(
         )
     records.sort(key=lambda r: r["ts"])
     return CapturedRecords(records)
-
-
-def _container(provider: AzureMLProvider) -> Any:
-    """The default datastore's blob container, through the SDK's own datastore access."""
-    from azure.ai.ml._artifacts._artifact_utilities import get_datastore_info
-    from azure.ai.ml._artifacts._blob_storage_helper import BlobStorageClient
-    from azure.ai.ml._utils._storage_utils import get_storage_client
-
-    info = get_datastore_info(provider.clients.ml.datastores, DATASTORE)
-    client = get_storage_client(**info)
-    if not isinstance(client, BlobStorageClient):  # the default datastore is a blob container
-        raise UnsupportedFeature(
-            f"reading captured requests from a {info['storage_type']} datastore",
-            provider.where,
-            hint=f"the data collector writes to {DATASTORE}, a blob datastore",
-        )
-    return client.container_client
 
 
 def _blobs(container: Any, base: str, since: float, until: float) -> list[str]:

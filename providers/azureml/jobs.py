@@ -24,7 +24,7 @@ from mlcloud.errors import Conflict, NotFound, ProviderError
 from mlcloud.records import JobRecord, JobState
 from mlcloud.runtime import METRICS_FILE
 from mlcloud.specs import TrainingJob
-from providers.azureml import job_plan
+from providers.azureml import datastore, job_plan
 from providers.azureml.clients import sdk_output_to_stderr
 from providers.common import metrics
 
@@ -53,7 +53,6 @@ STATES = {
 }
 RESUBMIT_DUE = "resubmit_due"  # details key: the last attempt failed and another one is allowed
 _EXIT = re.compile(r"exit(?:ed)? with (?:status |exit )?code:? ?(-?\d+)", re.I)
-_DATASTORE_PATH = re.compile(r"^azureml://datastores/(?P<datastore>[^/]+)/paths/(?P<path>.+)$")
 
 
 class Attempt(TypedDict, total=False):
@@ -197,26 +196,19 @@ def _metrics(provider: AzureMLProvider, record: JobRecord) -> metrics.Collected:
     datastore access (an https:// output is not a datastore path: not read)."""
     job = TrainingJob.model_validate(record.spec)
     folder = f"{job_plan.output_base(job, record.id, provider)}/output"
-    match = _DATASTORE_PATH.match(folder)
-    if match is None or not metrics.due(record):
+    where = datastore.parse(folder)
+    if where is None or not metrics.due(record):
         return _NONE
 
     def read() -> bytes | None:
-        from azure.ai.ml._artifacts._artifact_utilities import get_datastore_info
-        from azure.ai.ml._artifacts._blob_storage_helper import BlobStorageClient
-        from azure.ai.ml._utils._storage_utils import get_storage_client
-
-        with provider.mapped():
-            info = get_datastore_info(provider.clients.ml.datastores, match["datastore"])
-            client = get_storage_client(**info)
-            if not isinstance(client, BlobStorageClient):
-                raise metrics.MetricsFileError(f"datastore type {info['storage_type']}: not read")
-            key = f"{match['path'].strip('/')}/{METRICS_FILE}"
-            blob = client.container_client.get_blob_client(key)
-            if blob.get_blob_properties().size > metrics.MAX_BYTES:
-                raise metrics.MetricsFileError("over the size limit")
-            data: bytes = blob.download_blob().readall()
-            return data
+        key = f"{where.path}/{METRICS_FILE}"
+        try:
+            with provider.mapped():
+                return provider.datastores.read(
+                    where.datastore, key, metrics.MAX_BYTES, where.workspace
+                )
+        except datastore.TooLarge as e:
+            raise metrics.MetricsFileError(str(e)) from None
 
     return metrics.gather(f"{folder}/{METRICS_FILE}", read)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from mlcloud import registry
-from mlcloud.provider import Capability, CapturedRecords, Provider
+from mlcloud.provider import Capability, CapturedRecords, Provider, StoredObject
 from providers.azureml import errors
 from providers.azureml.settings import AzureMLSettings
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mlcloud.specs import Deployment, TrainingJob
     from mlcloud.store import Store
     from providers.azureml.clients import AzureClients
+    from providers.azureml.datastore import Datastores
 
 
 class AzureMLProvider(Provider[AzureMLSettings]):
@@ -71,6 +72,22 @@ class AzureMLProvider(Provider[AzureMLSettings]):
         from providers.azureml.clients import AzureClients
 
         return AzureClients(self.settings, self._credential, self._transport)
+
+    @cached_property
+    def datastores(self) -> Datastores:
+        """The workspace's datastores as blob containers (``azureml://`` URIs), each resolved
+        once for a while."""
+        from providers.azureml.datastore import Datastores
+
+        return Datastores(self)
+
+    def other_workspace(self, subscription: str, group: str, workspace: str) -> AzureClients:
+        """Clients of another workspace with this profile's credential (a long-form URI)."""
+        from providers.azureml.clients import AzureClients
+
+        update = {"subscription_id": subscription, "resource_group": group, "workspace": workspace}
+        settings = self.settings.model_copy(update=update)
+        return AzureClients(settings, self._credential, self._transport)
 
     # ---- jobs ------------------------------------------------------------------------------
     def _plan_job(self, job: TrainingJob) -> Plan[TrainingJob]:
@@ -159,3 +176,15 @@ class AzureMLProvider(Provider[AzureMLSettings]):
         from providers.azureml import model_registry
 
         return model_registry.native_drift(self, version, aliases)
+
+    # ---- storage: azureml:// datastore URIs (pipelines, re-deploy checks) -----------------
+    def _list_objects(self, uri: str) -> list[StoredObject]:
+        return self.datastores.list_objects(uri)
+
+    def _download_object(self, uri: str, path: str, out: BinaryIO) -> None:
+        self.datastores.download(uri, path, out)
+
+    def _read_model_manifest(self, uri: str) -> dict[str, Any] | None:
+        from providers.azureml.datastore import model_manifest
+
+        return model_manifest(self, uri)

@@ -25,6 +25,7 @@ Design (the simplest one that is sound):
   reuses a connection the backend is closing.
 * When bound beyond loopback, every request needs ``Authorization: Bearer <token>``, compared in
   constant time. The token arrives on stdin (never argv, env or the state store).
+* The HTTP server is a lean asyncio protocol (``front_http.py``: llhttp, one write per answer).
 * Slow and many clients: a connection cap and idle/header/body deadlines (``front_conn.py``).
   Its log is rate-limited and rotated (``front_log.py``). It restarts dead servers of the
   generation in force (``front_watch.py``).
@@ -43,34 +44,34 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 from mlcloud import proxy_client as front_client
-from providers.local.front_conn import BACKLOG, Connections, Limits
+from providers.local.front_conn import BACKLOG, BUSY, Connections, Limits
+from providers.local.front_http import FrontConn, Request, Response, json_response
 from providers.local.front_stats import Stats
 from providers.local.front_upstreams import UPSTREAMS_FILE, Upstreams, write_upstreams
 
-if TYPE_CHECKING:  # aiohttp is imported where the proxy runs, not by the deployer
-    from aiohttp import ClientSession, web
-    from aiohttp.typedefs import Handler, Middleware
-    from multidict import CIMultiDict
-
-    from providers.local.front_watch import Watchdog
+if TYPE_CHECKING:  # aiohttp is imported where the proxy needs it (HEAD), not by the deployer
+    from aiohttp import ClientSession
 
 __all__ = [
     "CONTROL_PATH",
     "STATS_PATH",
     "UPSTREAMS_FILE",
+    "Front",
     "Upstreams",
-    "make_app",
     "write_upstreams",
 ]
 
 CONTROL_PATH = "/-/mlcloud/front"
 STATS_PATH = "/-/stats"
 VERSION_HEADER = "x-mlcloud-version"
+CONTROL_PATH_B, STATS_PATH_B, VERSION_HEADER_B = (
+    CONTROL_PATH.encode(), STATS_PATH.encode(), VERSION_HEADER.encode()
+)  # fmt: skip
 # Hop-by-hop headers (RFC 9110 §7.6.1) and ones the proxy recomputes.
 _DROP = frozenset(
     {
@@ -87,9 +88,12 @@ _DROP = frozenset(
         "authorization",
     }
 )
+_DROP_B = frozenset(h.encode() for h in _DROP)
 #: not forwarded upstream either: the front sends the whole body at once (no 100-continue)
-_DROP_UP = _DROP | {"expect"}
+_DROP_UP = _DROP_B | {b"expect"}
 _ATTEMPTS = 4
+#: seconds a stopping front waits for the requests in flight (aiohttp's default)
+SHUTDOWN_TIMEOUT = 60.0
 log = logging.getLogger("mlcloud.front")
 
 
@@ -105,166 +109,72 @@ class FrontState(TypedDict):
     connections: dict[str, int]  # open, cap, per phase, and counts since start
 
 
-def make_app(
-    state_dir: Path,
-    token: str | None,
-    max_body: int,
-    conns: Connections | None = None,
-    watchdog: Watchdog | None = None,
-) -> web.Application:
-    """The front: bearer-token check, the control and stats paths, and the proxy for the rest."""
-    from aiohttp import web
+class Front:
+    """What the front answers: the bearer-token check, the control and stats paths, and the
+    proxy for the rest (the HTTP server around it: ``front_http.py``)."""
 
-    conns = conns or Connections(Limits())
-    upstreams = watchdog.upstreams if watchdog else Upstreams(state_dir / UPSTREAMS_FILE)
-    stats = Stats()
-    app = web.Application(client_max_size=max_body)
-    _pooled_client(app)
-    app.middlewares.append(_phases(conns))
-    if token:
-        app.middlewares.append(_bearer_auth(token))
-    app.router.add_get(CONTROL_PATH, _control(upstreams, conns))
-    app.router.add_get(STATS_PATH, _stats(upstreams, stats))
-    proxy = _proxy(upstreams, conns, stats, max_body, watchdog.poke if watchdog else None)
-    app.router.add_route("*", "/{tail:.*}", proxy)
-    return app
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    from aiohttp import web
-
-    return web.json_response({"error": message}, status=status, headers=headers)
-
-
-def _pooled_client(app: web.Application) -> None:
-    """One pooled client session for the app's life, to reach the upstreams."""
-    from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector
-
-    async def on_startup(app: web.Application) -> None:
-        # keepalive below uvicorn's 5 s idle timeout: never reuse a connection being closed.
-        connector = TCPConnector(limit=0, keepalive_timeout=2.0)
-        app["client"] = ClientSession(
-            connector=connector,
-            timeout=ClientTimeout(total=None, sock_connect=5),
-            auto_decompress=False,
-            cookie_jar=DummyCookieJar(),  # a proxy keeps no cookies (and skips the jar's work)
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # the caller's
-        )
-
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        conns: Connections,
+        token: str | None,
+        poke: Callable[[], None] | None = None,
+    ) -> None:
+        self.upstreams = upstreams
+        self.conns = conns
+        self.stats = Stats()
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.poke = poke
         # MLCLOUD_FRONT_CLIENT=aiohttp: aiohttp's client for every request (A/B benchmarks)
         lean = front_client.available() and os.environ.get("MLCLOUD_FRONT_CLIENT") != "aiohttp"
-        app["upstream"] = front_client.UpstreamClient() if lean else None
+        self.lean = front_client.UpstreamClient() if lean else None
+        self._session: ClientSession | None = None  # aiohttp's, made on first use (HEAD)
 
-    async def on_cleanup(app: web.Application) -> None:
-        await app["client"].close()
-        if app["upstream"] is not None:
-            app["upstream"].close()
+    def check_head(self, req: Request) -> Response | None:
+        """Every path needs ``Authorization: Bearer <token>`` (its first occurrence), compared
+        in constant time; the server asks at the head, so a refused body is never buffered."""
+        if self.expected is None:
+            return None
+        given = next((v for k, v in req.headers if k.lower() == b"authorization"), b"")
+        if hmac.compare_digest(given, self.expected):
+            return None
+        message = "missing or invalid bearer token (Authorization: Bearer …)"
+        return json_response(401, {"error": message}, b"WWW-Authenticate: Bearer\r\n")
 
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
+    async def handle(self, req: Request) -> Response:
+        """The answer to a request whose head passed :meth:`check_head`."""
+        if req.method in (b"GET", b"HEAD"):
+            path = req.target.partition(b"?")[0]
+            if path == CONTROL_PATH_B:
+                return json_response(200, self._control())
+            if path == STATS_PATH_B:
+                self.upstreams.reload()
+                data = self.stats.snapshot(self.upstreams.versions, self.upstreams.weights)
+                data["generation"] = self.upstreams.generation
+                return json_response(200, data)
+        return await self._proxy(req)
 
-
-def _phases(conns: Connections) -> Middleware:
-    """Tell the connection guard where each request is: its head is in on entry, and it is
-    idle again only once the response is written (so eviction never cuts a response)."""
-    from aiohttp import web
-
-    @web.middleware
-    async def phases(request: web.Request, handler: Handler) -> web.StreamResponse:
-        conn = conns.of(request.protocol)
-        if conn is not None:
-            conn.head_done()
-        try:
-            response = await handler(request)
-            await response.prepare(request)
-            await response.write_eof()
-            return response
-        finally:
-            if conn is not None:
-                conn.response_done()
-
-    return phases
-
-
-def _bearer_auth(token: str) -> Middleware:
-    """Every path needs ``Authorization: Bearer <token>``, compared in constant time."""
-    from aiohttp import web
-
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            resp = _error(401, "missing or invalid bearer token (Authorization: Bearer …)")
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return resp
-        return await handler(request)
-
-    return auth
-
-
-def _control(
-    upstreams: Upstreams, conns: Connections
-) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """The generation in force and the requests in flight (the deployer's view of the front)."""
-    from aiohttp import web
-
-    async def control(request: web.Request) -> web.Response:
+    def _control(self) -> FrontState:
+        """The generation in force and the requests in flight (the deployer's view)."""
+        upstreams = self.upstreams
         upstreams.reload()
-        state: FrontState = {
+        return {
             "pid": os.getpid(),
             "generation": upstreams.generation,
             "upstreams": upstreams.urls,
             "versions": dict(upstreams.weights),
             "inflight": {u: n for u, n in upstreams.inflight.items() if n},
             "down": sorted(upstreams.down),
-            "connections": conns.snapshot(),
+            "connections": self.conns.snapshot(),
         }
-        return web.json_response(state)
 
-    return control
-
-
-def _stats(upstreams: Upstreams, stats: Stats) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """Per-version counters (``front_stats.py``): what a rollout judges a canary by."""
-    from aiohttp import web
-
-    async def answer(request: web.Request) -> web.Response:
-        upstreams.reload()
-        data = stats.snapshot(upstreams.versions, upstreams.weights)
-        data["generation"] = upstreams.generation
-        return web.json_response(data)
-
-    return answer
-
-
-def _proxy(
-    upstreams: Upstreams,
-    conns: Connections,
-    stats: Stats,
-    max_body: int,
-    poke: Callable[[], None] | None,
-) -> Handler:
-    """Route by weight between versions, round-robin within one (``front_upstreams.py``); a
-    request that reached no upstream (nothing came back) is retried, up to ``_ATTEMPTS`` times.
-    Every proxied response says which version answered (``x-mlcloud-version``)."""
-    from aiohttp import ClientError, web
-
-    body_timeout = conns.limits.body_timeout
-    clock = time.perf_counter
-
-    async def proxy(request: web.Request) -> web.StreamResponse:
-        body = await _read_body(request, max_body, body_timeout)
-        if isinstance(body, web.Response):
-            return body
-        conn = conns.of(request.protocol)
-        if conn is not None:
-            conn.body_done()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_UP}
-        session: ClientSession = request.app["client"]
-        lean: front_client.UpstreamClient | None = request.app["upstream"]
-        target = request.rel_url.raw_path_qs
+    async def _proxy(self, req: Request) -> Response:
+        """Route by weight between versions, round-robin within one (``front_upstreams.py``);
+        a request that reached no upstream (nothing came back) is retried, up to
+        ``_ATTEMPTS`` times. Every proxied response says which version answered."""
+        upstreams, stats, clock = self.upstreams, self.stats, time.perf_counter
+        block = b"".join(b"%s: %s\r\n" % (k, v) for k, v in req.headers
+                         if k.lower() not in _DROP_UP)  # fmt: skip
         last_error = "no upstream is configured yet"
         for attempt in range(_ATTEMPTS):
             chosen = upstreams.route()
@@ -274,68 +184,74 @@ def _proxy(
             upstreams.inflight[url] = upstreams.inflight.get(url, 0) + 1
             started = clock()
             try:
-                status, out_headers, payload = await _send(
-                    lean, session, request.method, url, target, headers, body
-                )
-                stats.of(url).record(status, (clock() - started) * 1e3)
-                out_headers[VERSION_HEADER] = version
-                return web.Response(status=status, body=payload, headers=out_headers)
-            except (TimeoutError, ClientError, OSError) as exc:
+                resp = await self._send(req, url, block)
+                stats.of(url).record(resp.status, (clock() - started) * 1e3)
+                resp.headers += b"%s: %s\r\n" % (VERSION_HEADER_B, version.encode())
+                return resp
+            except OSError as exc:  # TimeoutError and the clients' errors are OSErrors
                 # Nothing came back: the backend is gone or going; try the current list again.
                 stats.of(url).unreachable += 1
                 last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("attempt %d to %s failed: %s", attempt + 1, url, last_error)
-                if poke is not None:
-                    poke()
+                if self.poke is not None:
+                    self.poke()
                 await asyncio.sleep(0.05 * (attempt + 1))
                 upstreams.reload()
             finally:
                 upstreams.inflight[url] -= 1
         if upstreams.urls and upstreams.down:
             message = "the endpoint's servers are restarting; retry shortly"
-            return _error(503, message, {"Retry-After": "1"})
-        return _error(502, f"no backend of this endpoint answered ({last_error})")
+            return json_response(503, {"error": message}, b"Retry-After: 1\r\n")
+        return json_response(502, {"error": f"no backend of this endpoint answered ({last_error})"})
 
-    return proxy
+    async def _send(self, req: Request, url: str, block: bytes) -> Response:
+        """One attempt at one upstream: the lean client (``mlcloud/proxy_client.py``) unless
+        there is none, or for HEAD (a response without the body its headers announce)."""
+        if self.lean is not None and req.method != b"HEAD":
+            status, raw, payload = await self.lean.forward(
+                url, req.method, req.target, block, req.body
+            )
+            kept = b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() not in _DROP_B)
+            return Response(status, kept, payload)
+        return await self._send_aiohttp(req, url)
 
+    async def _send_aiohttp(self, req: Request, url: str) -> Response:
+        from aiohttp import ClientError
+        from yarl import URL
 
-async def _read_body(request: web.Request, max_body: int, timeout: float) -> bytes | web.Response:
-    """The whole request body, or the error response to answer instead (413, 408)."""
-    from aiohttp import web
+        session = self._session or self._open_session()
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers
+                   if k.lower() not in _DROP_UP]  # fmt: skip
+        target = URL(url + req.target.decode("latin-1"), encoded=True)  # as it came
+        method = req.method.decode()
+        try:
+            async with session.request(method, target, headers=headers, data=req.body) as resp:
+                payload = await resp.read()
+        except ClientError as exc:
+            raise front_client.UpstreamGone(f"{type(exc).__name__}: {exc}") from exc
+        drop = _DROP_B - {b"content-length"} if method == "HEAD" else _DROP_B
+        kept = b"".join(b"%s: %s\r\n" % (k, v) for k, v in resp.raw_headers
+                        if k.lower() not in drop)  # fmt: skip
+        return Response(resp.status, kept, payload, None if method == "HEAD" else -1)
 
-    try:
-        if request.content.is_eof():  # the usual small body came with the head: no timer
-            return await request.read()
-        async with asyncio.timeout(timeout):
-            return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"request body is larger than the limit of {max_body} bytes")
-    except TimeoutError:
-        message = f"the request body was not complete within {timeout:.0f}s"
-        return _error(408, message, {"Connection": "close"})
+    def _open_session(self) -> ClientSession:
+        from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector
 
+        # keepalive below uvicorn's 5 s idle timeout: never reuse a connection being closed.
+        self._session = ClientSession(
+            connector=TCPConnector(limit=0, keepalive_timeout=2.0),
+            timeout=ClientTimeout(total=None, sock_connect=5),
+            auto_decompress=False,
+            cookie_jar=DummyCookieJar(),  # a proxy keeps no cookies (and skips the jar's work)
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # the caller's
+        )
+        return self._session
 
-async def _send(
-    lean: front_client.UpstreamClient | None,
-    session: ClientSession,
-    method: str,
-    url: str,
-    target: str,
-    headers: dict[str, str],
-    body: bytes,
-) -> tuple[int, CIMultiDict[str], bytes]:
-    """One attempt at one upstream: (status, the headers to answer with, body). The lean
-    client (``mlcloud/proxy_client.py``) unless there is none, or for HEAD (a response without the
-    body its headers announce)."""
-    from multidict import CIMultiDict
-
-    if lean is not None and method != "HEAD":
-        status, raw, payload = await lean.request(url, method, target, headers.items(), body)
-        return status, CIMultiDict(front_client.header_pairs(raw, _DROP)), payload
-    async with session.request(method, url + target, headers=headers, data=body) as resp:
-        payload = await resp.read()
-        kept = CIMultiDict((k, v) for k, v in resp.headers.items() if k.lower() not in _DROP)
-        return resp.status, kept, payload
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self.lean is not None:
+            self.lean.close()
 
 
 # ---- the process --------------------------------------------------------------------------
@@ -411,28 +327,26 @@ def _event_loop_policy() -> None:
 async def _serve(
     host: str, port: int, state_dir: Path, token: str | None, max_body: int, limits: Limits
 ) -> None:
-    """Serve until SIGTERM/SIGINT: aiohttp's handler per connection, inside the guard."""
-    from aiohttp import web
-
-    from providers.local.front_conn import Guarded, raise_fd_limit
+    """Serve until SIGTERM/SIGINT, then let the requests in flight finish (up to
+    ``SHUTDOWN_TIMEOUT`` s) before closing every connection."""
+    from providers.local.front_conn import SWEEP, raise_fd_limit
     from providers.local.front_watch import Watchdog
 
     raise_fd_limit()
     conns = Connections(limits)
     watchdog = Watchdog(state_dir, Upstreams(state_dir / UPSTREAMS_FILE))
-    app = make_app(state_dir, token, max_body, conns, watchdog)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout)
-    await runner.setup()
+    front = Front(watchdog.upstreams, conns, token, watchdog.poke)
     loop = asyncio.get_running_loop()
-    server = runner.server
-    assert server is not None
     listener = await loop.create_server(
-        lambda: Guarded(server(), conns), sock=_listen(host, port), backlog=BACKLOG
+        lambda: FrontConn(front.handle, conns, max_body, front.check_head),
+        sock=_listen(host, port),
+        backlog=BACKLOG,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watching = asyncio.create_task(watchdog.run())
+    sweeping = asyncio.create_task(_sweep(conns, SWEEP))
     log.info(
         "listening on %s:%d (auth %s; at most %d connections; idle %gs, header %gs, body %gs)",
         host, port, "on" if token else "off", conns.cap,
@@ -443,7 +357,29 @@ async def _serve(
     finally:
         watching.cancel()
         listener.close()
-        await runner.cleanup()
+        await _drain(conns)
+        sweeping.cancel()
+        await front.close()
+
+
+async def _sweep(conns: Connections, every: float) -> None:
+    """The connections' deadlines, enforced by one timer for all of them."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every)
+        conns.expire(loop.time())
+
+
+async def _drain(conns: Connections) -> None:
+    """Close idle connections now, the others once their answer is out (as aiohttp did)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SHUTDOWN_TIMEOUT
+    while conns.open and loop.time() < deadline:
+        for conn in [c for c in conns.open if c.phase != BUSY]:
+            conn.close()
+        await asyncio.sleep(0.05)
+    for conn in list(conns.open):
+        conn.close()
 
 
 if __name__ == "__main__":

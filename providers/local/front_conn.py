@@ -4,17 +4,14 @@ Measured before (issue 16): a slowloris connection (headers sent one byte a seco
 one was held for as long as the client liked (40 s of 40 tried), and 600 of them exhausted a
 front with 256 descriptors: no legitimate request got through until they closed.
 
-Each accepted connection is wrapped in a :class:`Guarded` protocol around aiohttp's own
-``RequestHandler`` (composition: aiohttp is used only through its public protocol methods), and
-goes through phases:
+Each accepted connection is one ``FrontConn`` (``front_http.py``, the front's HTTP/1.1 server),
+which goes through phases, each with a deadline that one sweep (every ``SWEEP`` s) enforces:
 
 ``idle``    connected, or a response was sent, and no byte of the next request has come:
-            closed after ``idle_timeout`` (aiohttp's keep-alive timer, which also covers a
-            request head that never completes);
+            closed after ``idle_timeout`` (this also covers a request head that never starts);
 ``head``    the first byte of a request came, its head is not complete: closed with a 408
             after ``header_timeout`` — trickling bytes does not extend it;
-``body``    the head is in (the app's middleware says so), the body is being read: the proxy
-            reads it under ``body_timeout`` (a 408 after);
+``body``    the head is in, the body is being read: a 408 after ``body_timeout``;
 ``busy``    the request is at an upstream, until its response has been written.
 
 **The cap.** At most ``max_connections`` connections are open (also bounded by the descriptor
@@ -26,16 +23,12 @@ has a request at an upstream is the new connection answered ``503`` at once and 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import resource
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
-
-if TYPE_CHECKING:
-    from aiohttp.web_protocol import RequestHandler
+from typing import Protocol
 
 log = logging.getLogger("mlcloud.front")
 
@@ -48,6 +41,8 @@ BACKLOG = 64
 FD_RESERVE = BACKLOG + 64
 #: seconds a refused connection is read (and dropped) after its 503, so the client sees it
 LINGER = 1.0
+#: seconds between two looks at the connections' deadlines (their resolution)
+SWEEP = 0.25
 
 
 @dataclass(frozen=True)
@@ -99,6 +94,17 @@ EVICTED_503 = _raw_response(
 )
 
 
+class Guarded(Protocol):
+    """What the cap needs of a connection (``front_http.FrontConn``)."""
+
+    phase: str
+    deadline: float  # loop time at which its phase's deadline passes
+
+    def close(self, last_words: bytes = b"") -> None: ...
+
+    def expire(self) -> None: ...
+
+
 class Connections:
     """The open connections, oldest first, and the numbers the control path reports."""
 
@@ -106,7 +112,6 @@ class Connections:
         self.limits = limits
         self.cap = limits.effective_cap()
         self.open: dict[Guarded, None] = {}  # insertion-ordered: oldest first
-        self.by_handler: dict[RequestHandler, Guarded] = {}
         self.counts = {"accepted": 0, "evicted": 0, "rejected": 0, "head_timeouts": 0}
         self.lingering = 0  # refused connections still being read to their end
 
@@ -125,116 +130,15 @@ class Connections:
 
     def forget(self, conn: Guarded) -> None:
         self.open.pop(conn, None)
-        if conn.inner is not None:
-            self.by_handler.pop(conn.inner, None)
 
-    def of(self, handler: Any) -> Guarded | None:
-        return self.by_handler.get(handler)
+    def expire(self, now: float) -> None:
+        """Close what is past its phase's deadline (called every ``SWEEP`` s: one timer for
+        all connections, not one per request)."""
+        for conn in [c for c in self.open if c.deadline <= now]:
+            conn.expire()
 
     def snapshot(self) -> dict[str, int]:
         phases = {IDLE: 0, HEAD: 0, BODY: 0, BUSY: 0}
         for conn in self.open:
             phases[conn.phase] += 1
         return {"open": len(self.open), "cap": self.cap, **phases, **self.counts}
-
-
-class Guarded(asyncio.Protocol):
-    """One client connection: aiohttp's handler inside, the cap and deadlines around it."""
-
-    def __init__(self, inner: RequestHandler, conns: Connections) -> None:
-        self.inner: RequestHandler | None = inner
-        self.conns = conns
-        self.phase = IDLE
-        self.transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._admitted = False
-        self._lingers = False
-
-    # ---- asyncio.Protocol ---------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        if not self.conns.admit(self):
-            # Every slot has a request in flight: say so at once, never queue the client.
-            self.inner = None
-            self._refuse(transport)
-            return
-        self._admitted = True
-        assert self.inner is not None
-        self.conns.by_handler[self.inner] = self
-        self.inner.connection_made(transport)
-
-    def _refuse(self, transport: asyncio.Transport) -> None:
-        """Send the 503, then read and drop what the client sends until it closes or
-        ``LINGER`` s pass: closing with its request unread would reset the connection before
-        the client reads the 503. Past ``BACKLOG`` such connections, close at once."""
-        transport.write(BUSY_503)
-        if self.conns.lingering >= BACKLOG or not transport.can_write_eof():
-            transport.close()
-            return
-        transport.write_eof()
-        self.conns.lingering += 1
-        self._lingers = True
-        self._timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        if self.inner is None:
-            return  # a refused connection: its request is dropped unread
-        if self.phase == IDLE:
-            self.phase = HEAD
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.conns.limits.header_timeout, self._head_late)
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        if self.inner is not None:
-            self.inner.eof_received()
-        return None  # close the transport at EOF, as aiohttp's handler does
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
-        self.conns.forget(self)
-        if self._lingers:
-            self.conns.lingering -= 1
-        if self._admitted and self.inner is not None:
-            self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
-
-    # ---- phases, told by the app --------------------------------------------------------
-    def head_done(self) -> None:
-        self._cancel_timer()
-        self.phase = BODY
-
-    def body_done(self) -> None:
-        self.phase = BUSY
-
-    def response_done(self) -> None:
-        self.phase = IDLE
-
-    def close(self, last_words: bytes = b"") -> None:
-        """Close now, after ``last_words`` (a complete HTTP response) if any."""
-        self._cancel_timer()
-        self.conns.forget(self)
-        if self.transport is not None and not self.transport.is_closing():
-            if last_words:
-                self.transport.write(last_words)
-            self.transport.close()
-
-    def _head_late(self) -> None:
-        self._timer = None
-        if self.phase == HEAD:
-            self.conns.counts["head_timeouts"] += 1
-            self.close(HEAD_408)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None

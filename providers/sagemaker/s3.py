@@ -1,10 +1,12 @@
-"""S3 staging with content-addressed keys: an object that is already there is never re-sent."""
+"""S3 staging with content-addressed keys: an object that is already there is never re-sent;
+and reading a model's manifest back (a re-deploy's input-signature check)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlcloud.errors import NotFound
+from mlcloud.modeldir import MANIFEST
 
 if TYPE_CHECKING:
     from providers.sagemaker.provider import SageMakerProvider
@@ -46,3 +48,27 @@ def upload_tree_if_missing(
         sent += len(data)
     s3.put_object(Bucket=bucket, Key=marker, Body=b"")
     return sent
+
+
+def read_model_manifest(provider: SageMakerProvider, uri: str) -> dict[str, Any] | None:
+    """The ``mlcloud-model.yaml`` of an ``s3://`` model: streamed out of a ``model.tar.gz``
+    (stops at the member, bounded), or the object under a model-dir prefix. None: not S3, no
+    such object, or not an mlcloud model."""
+    from providers.common import model_manifest
+
+    if not uri.startswith("s3://"):
+        return None
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    archive = key.endswith(".tar.gz")
+    if not archive:
+        key = f"{key.rstrip('/')}/{MANIFEST}" if key.strip("/") else MANIFEST
+    try:
+        body = provider.clients.s3.get_object(Bucket=bucket, Key=key)["Body"]
+    except NotFound:
+        return None
+    try:
+        if archive:
+            return model_manifest.from_tar(body)
+        return model_manifest.parse(body.read(model_manifest.MAX_BYTES + 1))
+    finally:
+        body.close()

@@ -1,12 +1,14 @@
-"""Content-addressed staging in Cloud Storage: an object is uploaded only when it is missing."""
+"""Content-addressed staging in Cloud Storage: an object is uploaded only when it is missing;
+and reading a model's manifest back (a re-deploy's input-signature check)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlcloud.errors import Conflict
+from mlcloud.modeldir import MANIFEST
 from providers.vertex.errors import read_retry
 
 if TYPE_CHECKING:
@@ -51,3 +53,18 @@ def put_files_if_absent(
     sent = sum(put_if_absent(provider, key, Path(path).read_bytes()) for path, key in files)
     put_if_absent(provider, marker, b"", content_type="text/plain")
     return sent
+
+
+def read_model_manifest(provider: VertexProvider, uri: str) -> dict[str, Any] | None:
+    """The ``mlcloud-model.yaml`` object of a ``gs://`` model directory (the folder a Vertex
+    Model's artifactUri names). None: not GCS, no such object, or not an mlcloud model."""
+    from providers.common import model_manifest
+
+    if not uri.startswith("gs://"):
+        return None
+    bucket, _, prefix = uri.removeprefix("gs://").partition("/")
+    key = f"{prefix.strip('/')}/{MANIFEST}" if prefix.strip("/") else MANIFEST
+    blob = provider.clients.storage.bucket(bucket).get_blob(key, retry=read_retry())
+    if blob is None or (blob.size or 0) > model_manifest.MAX_BYTES:
+        return None
+    return model_manifest.parse(blob.download_as_bytes(retry=read_retry()))

@@ -1,9 +1,12 @@
-"""Front benchmark: a local endpoint's front (the aiohttp proxy) vs its BentoML server directly.
+"""Front benchmark: a local endpoint's front (the proxy) vs its BentoML server directly.
 
 Run as a script (never collected by pytest)::
 
     python tests/benchmarks/front_bench.py [--duration 5] [--concurrency 1 8 32] [--rounds 3]
-        [--split]
+        [--split] [--ab] [--baseline DIR]
+
+``--baseline DIR``: also a front run from another checkout (``git archive HEAD | tar -x -C
+DIR``), measured in the same run: a before/after that the machine's noise hits alike.
 
 Same iris model, same machine, same run, interleaved rounds (medians). The front routes by
 weight as a canary deploy leaves it (``--split``: a second BentoML server as a canary at 10%,
@@ -42,7 +45,9 @@ def bentoml(model: Path, logs: Path) -> Server:
     return server
 
 
-def front(state: Path, versions: dict[str, tuple[int, str]], env: dict[str, str]) -> Server:
+def front(
+    state: Path, versions: dict[str, tuple[int, str]], env: dict[str, str], cwd: Path = REPO
+) -> Server:
     from providers.local.front import CONTROL_PATH, write_upstreams
 
     urls = [url for _, url in versions.values()]
@@ -51,7 +56,7 @@ def front(state: Path, versions: dict[str, tuple[int, str]], env: dict[str, str]
     port = free_port()
     argv = [sys.executable, "-m", "providers.local.front", "--port", str(port),
             "--state-dir", str(state), "--log-file", str(state / "front.log")]  # fmt: skip
-    server = Server(argv, env, port, state / "front.out", REPO)
+    server = Server(argv, env, port, state / "front.out", cwd)
     server.wait_ready(CONTROL_PATH, timeout=30)
     return server
 
@@ -73,11 +78,13 @@ def main() -> int:
     parser.add_argument(
         "--ab", action="store_true", help="also a front with aiohttp's client (the A/B)"
     )
+    parser.add_argument("--baseline", type=Path, help="another checkout's front, as 'before'")
     args = parser.parse_args()
     tool = "wrk" if shutil.which("wrk") else "python"
     print(f"load tool: {tool}; {args.duration}s per point, {args.rounds} rounds")
-    cpu_us: dict[str, list[float]] = {}
-    runs: dict[str, dict[int, list[LoadResult]]] = {"direct": {}, "front": {}, "front-aiohttp": {}}
+    cpu_us: dict[str, dict[int, list[float]]] = {}
+    names = ("direct", "front", "front-aiohttp", "front-before")
+    runs: dict[str, dict[int, list[LoadResult]]] = {name: {} for name in names}
     with tempfile.TemporaryDirectory(prefix="mlcloud-front-bench-") as tmp:
         root = Path(tmp)
         model = make_model(root)
@@ -101,6 +108,13 @@ def main() -> int:
                 live.append(ab)
                 targets["front-aiohttp"] = ab.url("/predict")
                 procs["front-aiohttp"] = ab.proc.pid
+            if args.baseline:
+                before_dir = root / "before"
+                before_dir.mkdir()
+                old = front(before_dir, versions, {}, cwd=args.baseline.resolve())
+                live.append(old)
+                targets["front-before"] = old.url("/predict")
+                procs["front-before"] = old.proc.pid
             for url in targets.values():
                 run_load(url, BODY, 2, 1.0, tool)  # warm-up
             for _ in range(args.rounds):
@@ -111,7 +125,8 @@ def main() -> int:
                         runs[name].setdefault(c, []).append(r)
                         if name in procs:
                             used = _cpu(procs[name]) - before
-                            cpu_us.setdefault(name, []).append(used * 1e6 / max(1, r.requests))
+                            per_request = used * 1e6 / max(1, r.requests)
+                            cpu_us.setdefault(name, {}).setdefault(c, []).append(per_request)
             with urllib.request.urlopen(proxy.url("/-/stats"), timeout=5) as resp:
                 stats = json.loads(resp.read())
         finally:
@@ -135,9 +150,10 @@ def main() -> int:
                 f"{f.p99_ms - d.p99_ms:>13.2f}   (per round: "
                 f"{', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f})"
             )
-    for name, values in cpu_us.items():
-        print(f"{name}: CPU per proxied request, median {statistics.median(values):.0f} us "
-              "(the front's own cost; steadier than req/s on a shared machine)")  # fmt: skip
+    for name, by_c in cpu_us.items():
+        each = ", ".join(f"c={c}: {statistics.median(v):.0f}" for c, v in by_c.items())
+        print(f"{name}: CPU us per proxied request (median) {each} (the front's own cost; "
+              "steadier than req/s on a shared machine)")  # fmt: skip
     share = {v: s["requests"] for v, s in stats["versions"].items()}
     print(f"\nfront /-/stats requests per version: {share}")
     return 0

@@ -4,7 +4,7 @@ endpoint (its front), in the same run.
 Run as a script (never collected by pytest)::
 
     python tests/benchmarks/gateway_bench.py [--duration 5] [--concurrency 1 8 32] [--rounds 3]
-        [--workers 1]
+        [--workers 1] [--baseline DIR]
 
 A real local endpoint (the iris model behind its front and BentoML server) and a real
 ``mlcloud server`` (uvicorn; httptools/uvloop when installed), both on 127.0.0.1, under a temp
@@ -13,7 +13,10 @@ with the CPU the front (direct) and the server (gateway) spent per request: the 
 does not depend on how busy the machine is.
 Load comes from wrk (one thread), else a bounded Python loop. Prints req/s for both, the ratio
 gateway/direct per concurrency (target >= 0.85) and the latency the gateway adds at p50/p99.
-Bounded: concurrency levels x rounds x 2 x duration seconds of load, plus start-up.
+``--baseline DIR``: a second gateway started from another checkout (e.g. ``git archive HEAD |
+tar -x -C DIR``), measured in the same interleaved rounds against the same front, so a change's
+effect shows even on a busy machine (its ratio and CPU per request in the last columns).
+Bounded: concurrency levels x rounds x 2 (3 with a baseline) x duration seconds, plus start-up.
 """
 
 from __future__ import annotations
@@ -68,17 +71,18 @@ def measured(url: str, conc: int, duration: float, tool: str, pid: int) -> tuple
     return result, (cpu_s(pid) - before) * 1000 / max(1, result.requests)
 
 
-def gateway(home: Path, workers: int) -> Server:
+def gateway(home: Path, workers: int, tree: Path = REPO) -> Server:
+    """``mlcloud server`` started from ``tree`` (``-m`` puts its directory first on the path)."""
     port = free_port()
     argv = [sys.executable, "-m", "mlcloud.cli", "server", "--port", str(port),
             "--workers", str(workers), "--predict-rate", "1000000",
             "--log-level", "warning"]  # fmt: skip
-    server = Server(argv, {"MLCLOUD_HOME": str(home)}, port, home / "server.log", REPO)
+    server = Server(argv, {"MLCLOUD_HOME": str(home)}, port, home / f"server-{port}.log", tree)
     server.wait_ready("/healthz", timeout=60)
     return server
 
 
-Row = tuple[int, LoadResult, LoadResult, float, float]
+Row = tuple[int, dict[str, LoadResult], dict[str, float]]  # conc, results and CPU ms/req by path
 
 
 def table(rows: list[Row]) -> str:
@@ -87,15 +91,38 @@ def table(rows: list[Row]) -> str:
         f"{'direct p50/p99 ms':>17}  {'gateway p50/p99 ms':>18}  {'added p50/p99 ms':>16}  "
         f"cpu ms/req front/gateway  errors"
     )
+    baseline = any("baseline" in r for _, r, _ in rows)
+    if baseline:
+        head += "  baseline: ratio  cpu ms/req"
     lines = [head, "-" * len(head)]
-    for conc, d, g, front_cpu, gw_cpu in rows:
-        lines.append(
+    for conc, r, cpu in rows:
+        d, g = r["direct"], r["gateway"]
+        line = (
             f"{conc:>4}  {d.rps:>12.0f}  {g.rps:>13.0f}  {g.rps / d.rps:>5.2f}  "
             f"{d.p50_ms:>7.2f} / {d.p99_ms:<7.2f}  {g.p50_ms:>8.2f} / {g.p99_ms:<7.2f}  "
             f"{g.p50_ms - d.p50_ms:>+6.2f} / {g.p99_ms - d.p99_ms:<+7.2f}  "
-            f"{front_cpu:>12.2f} / {gw_cpu:<10.2f}  {d.errors}/{g.errors}"
+            f"{cpu['direct']:>12.2f} / {cpu['gateway']:<10.2f}  {d.errors}/{g.errors}"
         )
+        if baseline:
+            b = r["baseline"]
+            line += f"  {b.rps / d.rps:>15.2f}  {cpu['baseline']:>10.2f}  ({b.errors} errors)"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def measure_all(
+    urls: dict[str, str], pids: dict[str, int], conc: int, args: argparse.Namespace, tool: str
+) -> Row:
+    """``args.rounds`` interleaved rounds of every path; the medians."""
+    runs: dict[str, list[LoadResult]] = {path: [] for path in urls}
+    cpus: dict[str, list[float]] = {path: [] for path in urls}
+    for _ in range(args.rounds):
+        for path, url in urls.items():
+            result, cpu = measured(url, conc, args.duration, tool, pids[path])
+            runs[path].append(result)
+            cpus[path].append(cpu)
+    medians = {path: median_result(results) for path, results in runs.items()}
+    return conc, medians, {path: statistics.median(c) for path, c in cpus.items()}
 
 
 def main() -> int:
@@ -104,37 +131,31 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="the server's uvicorn workers")
+    parser.add_argument("--baseline", type=Path, help="another checkout's gateway, for comparison")
     args = parser.parse_args()
     tool = "wrk" if shutil.which("wrk") else "python"
     home = Path(tempfile.mkdtemp(prefix="mlcloud-gw-bench-"))
     os.environ["MLCLOUD_HOME"] = str(home)
     os.environ["MLCLOUD_DEPLOY_TIMEOUT"] = "180"
-    server: Server | None = None
+    servers: dict[str, Server] = {}
     try:
         front, front_pid = deploy(home)
-        server = gateway(home, args.workers)
-        urls = {"direct": f"{front}/predict", "gateway": server.url("/v1/endpoints/iris:predict")}
-        for url in urls.values():  # warm both paths (connections, model, caches)
+        servers["gateway"] = gateway(home, args.workers)
+        if args.baseline:
+            servers["baseline"] = gateway(home, args.workers, args.baseline.resolve())
+        urls = {"direct": f"{front}/predict"}
+        pids = {"direct": front_pid}
+        for path, server in servers.items():
+            urls[path] = server.url("/v1/endpoints/iris:predict")
+            pids[path] = server.proc.pid
+        for url in urls.values():  # warm every path (connections, model, caches)
             run_load(url, BODY, 4, 1.0, tool)
-        rows: list[Row] = []
-        for conc in args.concurrency:
-            runs: dict[str, list[LoadResult]] = {"direct": [], "gateway": []}
-            front_cpu, gw_cpu = [], []
-            for _ in range(args.rounds):
-                result, cpu = measured(urls["direct"], conc, args.duration, tool, front_pid)
-                runs["direct"].append(result)
-                front_cpu.append(cpu)
-                result, cpu = measured(urls["gateway"], conc, args.duration, tool, server.proc.pid)
-                runs["gateway"].append(result)
-                gw_cpu.append(cpu)
-            direct, through = median_result(runs["direct"]), median_result(runs["gateway"])
-            rows.append((conc, direct, through, statistics.median(front_cpu),
-                         statistics.median(gw_cpu)))  # fmt: skip
+        rows = [measure_all(urls, pids, conc, args, tool) for conc in args.concurrency]
         print(f"load: {tool}; {args.rounds} round(s) of {args.duration:g}s each; "
               f"server workers: {args.workers}; medians")  # fmt: skip
         print(table(rows))
     finally:
-        if server is not None:
+        for server in servers.values():
             server.stop()
         from providers.local import endpoint_procs
 

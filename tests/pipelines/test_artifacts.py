@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcloud.errors import UnsupportedFeature
+from mlcloud.errors import SpecError, UnsupportedFeature
 from mlcloud.pipelines import artifacts
 from tests.fakes.gcs import running
 from tests.pipelines.conftest import write
@@ -48,7 +48,9 @@ def test_which_provider_reads_what(tmp_path: Path) -> None:
     )
     assert artifacts.readable("local", "/tmp/x") and artifacts.readable("local", "file:///tmp/x")
     assert artifacts.for_provider("sagemaker", "/tmp/model", tmp_path) == "/tmp/model"  # staged
-    with pytest.raises(UnsupportedFeature, match="copying azureml://"):
+    with pytest.raises(UnsupportedFeature, match="copying https://"):  # an Azure blob URL
+        artifacts.for_provider("local", "https://a.blob.core.windows.net/c/m", tmp_path)
+    with pytest.raises(SpecError, match="needs a profile of type azureml"):  # no such profile
         artifacts.for_provider("local", "azureml://datastores/x/paths/m", tmp_path)
 
 

@@ -7,6 +7,7 @@ srv.stop()                         # SIGTERM: graceful; returns the exit status
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -97,3 +98,19 @@ def token(home: Path, name: str, role: str) -> str:
     done = cli(home, "tokens", "create", name, "--role", role)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def same_output(done: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
+    """Output with what legitimately differs between two runs seconds apart made equal (an
+    age, with the padding its width changes: "9s ago" / "10s ago")."""
+    ago = re.compile(r" *\b\d+[smhd] ago\b *")
+    return done.returncode, ago.sub(" <ago> ", done.stdout), ago.sub(" <ago> ", done.stderr)
+
+
+def both(home: Path, server: RunningServer, admin: str, *args: str) -> tuple[int, str, str]:
+    """Run ``mlcloud ARGS`` locally and against ``server``; assert the same output
+    (``same_output``); return it."""
+    local = cli(home, *args)
+    answered = cli(home, *args, MLCLOUD_SERVER=server.url, MLCLOUD_TOKEN=admin)
+    assert same_output(answered) == same_output(local), args
+    return same_output(local)

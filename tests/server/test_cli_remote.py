@@ -7,8 +7,8 @@ endpoint: deploy, show, list, predict, undeploy) and errors."""
 
 from __future__ import annotations
 
+import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +17,7 @@ import pytest
 
 from providers.local import endpoint_procs
 from tests.conformance.endpoints import make_custom_model
-from tests.server.serverproc import RunningServer, cli, start_server, token
+from tests.server.serverproc import RunningServer, both, cli, start_server, token
 
 pytestmark = pytest.mark.timeout(300)
 ROW = '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
@@ -40,20 +40,6 @@ def server(home: Path, admin: str) -> Iterator[RunningServer]:
     srv = start_server(home, env={"MLCLOUD_DEPLOY_TIMEOUT": "120"})
     yield srv
     srv.stop()
-
-
-def _same(done: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
-    """Output with what legitimately differs between two runs seconds apart made equal."""
-    ago = re.compile(r"\b\d+[smhd] ago\b")
-    return done.returncode, ago.sub("<ago>", done.stdout), ago.sub("<ago>", done.stderr)
-
-
-def both(home: Path, server: RunningServer, admin: str, *args: str) -> tuple[int, str, str]:
-    """Run ``mlcloud ARGS`` locally and against the server; assert the same output; return it."""
-    local = cli(home, *args)
-    remote = cli(home, *args, MLCLOUD_SERVER=server.url, MLCLOUD_TOKEN=admin)
-    assert _same(remote) == _same(local), args
-    return _same(local)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +123,38 @@ def test_endpoint_same_output(home: Path, server: RunningServer, admin: str,
         removed = cli(home, "undeploy", "e1", MLCLOUD_SERVER=server.url, MLCLOUD_TOKEN=admin)
     assert removed.stdout == "endpoint e1 removed\n", removed.stderr
     assert both(home, server, admin, "endpoints", "list", "-o", "json")[1] == "[]\n"
+
+
+def test_models_same_output(home: Path, server: RunningServer, admin: str,
+                            tmp_path: Path) -> None:  # fmt: skip
+    """The registry through the server: reads print the same both ways; a change made through
+    the server prints what the same change prints locally, and is recorded as the token's."""
+    first, second, third = (make_custom_model(tmp_path, v) for v in ("m1", "m2", "m3"))
+    there = {"MLCLOUD_SERVER": server.url, "MLCLOUD_TOKEN": admin}
+    assert both(home, server, admin, "models")[1].startswith("no registered models yet")
+    local = cli(home, "models", "register", str(first), "--name", "m", "--alias", "champion")
+    remote = cli(home, "models", "register", str(second), "--name", "m", "--reason", "r2", **there)
+    assert (local.returncode, remote.returncode) == (0, 0), (local.stderr, remote.stderr)
+    assert local.stdout == f"registered m:1 from {first} on local\nm@champion → 1\n"
+    assert remote.stdout == f"registered m:2 from {second} on local\n"
+    for args in (("models",), ("models", "list", "-o", "json"), ("models", "show", "m"),
+                 ("models", "show", "m:2"), ("models", "show", "m@champion", "-o", "json"),
+                 ("models", "history", "m", "-o", "json")):  # fmt: skip
+        assert both(home, server, admin, *args)[0] == 0, args
+    moved = cli(home, "models", "alias", "m", "champion", "2", "--reason", "better", **there)
+    assert moved.stdout == "m@champion: 1 → 2\n", moved.stderr
+    back = cli(home, "models", "rollback", "m", "--reason", "worse", "-o", "json", **there)
+    assert back.returncode == 0 and json.loads(back.stdout)["to_version"] == 1, back.stderr
+    again = cli(home, "models", "alias", "m", "champion", "2", "--if-at", "1", "-o", "json")
+    assert again.returncode == 0, again.stderr
+    assert set(json.loads(again.stdout)) == set(json.loads(back.stdout))  # the same document
+    code, history, _ = both(home, server, admin, "models", "history", "m")
+    assert code == 0 and history.count(" alice ") == 2, history  # the token's moves
+    refused = both(home, server, admin, "models", "delete", "m:2")  # champion points at it
+    assert refused[0] == 1 and refused[2].startswith("error: m:2 is used by m@champion"), refused
+    assert both(home, server, admin, "models", "delete", "m")[0] == 2  # no version named
+    assert both(home, server, admin, "models", "show", "nope")[0] == 2
+    cli(home, "models", "register", str(third), "--name", "m", **there)
+    deleted = cli(home, "models", "delete", "m:3", **there)
+    assert deleted.stdout == "deleted m:3\n", deleted.stderr
+    assert "m:3" not in both(home, server, admin, "models", "show", "m")[1]

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from tests.fakes.azureml import blobstore
 from tests.fakes.azureml.common import (
     API_HOST,
     BLOB_HOST,
@@ -97,6 +98,7 @@ class DataPlane:
             return 200, ok, b""
         if method in ("HEAD", "GET") and name in self.blobs:
             data = self.blobs[name]
+            ok = blobstore.versioned(data)  # the ETag follows the content
             meta = {f"x-ms-meta-{k}": v for k, v in self.blob_meta.get(name, {}).items()}
             ranged = _ranged(data, headers) if method == "GET" else None
             if ranged is not None:  # x-ms-range / Range: 206 with Content-Range, as Azure does
@@ -113,7 +115,11 @@ class DataPlane:
                 (data if method == "GET" else b""),
             )
         if method == "GET" and query.get("comp") == "list":
-            return 200, {"Content-Type": "application/xml"}, _blob_list(self.blobs, name, query)
+            return (
+                200,
+                {"Content-Type": "application/xml"},
+                blobstore.blob_list(self.blobs, name, query),
+            )
         return 404, {"x-ms-error-code": "BlobNotFound"}, b""
 
     def _score(self, path: str, headers: dict[str, str], body: bytes) -> Response:
@@ -201,24 +207,6 @@ def _own_imports(root: Any) -> Iterator[None]:
         for name in [n for n in sys.modules if n.split(".")[0] in names]:
             del sys.modules[name]
         sys.modules.update(shadowed)
-
-
-def _blob_list(blobs: dict[str, bytes], container: str, query: dict[str, str]) -> bytes:
-    prefix = query.get("prefix", "")
-    names = [
-        k.split("/", 1)[1]
-        for k in blobs
-        if k.startswith(container + "/") and k.split("/", 1)[1].startswith(prefix)
-    ]
-    items = "".join(
-        f"<Blob><Name>{n}</Name><Properties><Content-Length>{len(blobs[container + '/' + n])}"
-        "</Content-Length><BlobType>BlockBlob</BlobType></Properties></Blob>"
-        for n in names
-    )
-    return (
-        '<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs>'
-        f"{items}</Blobs><NextMarker /></EnumerationResults>"
-    ).encode()
 
 
 def _ranged(data: bytes, headers: dict[str, str]) -> tuple[dict[str, str], bytes] | None:
