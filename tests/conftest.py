@@ -36,3 +36,15 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 MLCLOUD = [sys.executable, "-m", "mlcloud.cli"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """For pytest-xdist's ``--dist loadgroup`` (the README's test command): a module's tests
+    stay on one worker, in order (its module-scoped servers start once; some tests build on
+    the previous one's state) and every Ray test shares one worker (one Ray cluster in its
+    network namespace, not one per worker)."""
+    for item in items:
+        path = Path(str(item.path)).resolve().relative_to(REPO)
+        ray = path.parts[:3] == ("tests", "providers", "ray")
+        item.add_marker(pytest.mark.xdist_group("ray" if ray else path.as_posix()))

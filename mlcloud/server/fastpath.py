@@ -10,13 +10,15 @@ prediction changes nothing).
 
 What it passes on to the app unchanged: every other route and method, and a predict body that
 is unsized or larger than ``gateway.STREAM_MIN`` (the route streams those both ways).
+The decision (``eligible``) and the answer (``answer``) are shared with the server's HTTP
+protocol (:mod:`mlcloud.server.predict_protocol`), which takes the same requests before ASGI.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -30,8 +32,9 @@ from mlcloud.server.problems import http_problem
 from mlcloud.server.upstreams import Answer, Target
 
 log = logging.getLogger("mlcloud.server")
-_PREFIX, _SUFFIX = "/v1/endpoints/", ":predict"
+PREFIX, _SUFFIX = "/v1/endpoints/", ":predict"
 _WANTED = frozenset({b"content-length", b"content-type", b"accept", b"authorization"})
+Headers = dict[bytes, str]  # the request headers the predict path reads, by lower-case name
 
 
 class ClientGone(Exception):
@@ -43,56 +46,77 @@ class PredictFastPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or not path.startswith(_PREFIX)
-            or not path.endswith(_SUFFIX)
-        ):
-            await self.app(scope, receive, send)
+        found = None
+        if scope["type"] == "http":
+            found = eligible(scope["method"], scope["path"], scope["headers"])
+        if found is None:
+            await self.app(scope, receive, send)  # the route: streamed bodies, odd paths, the rest
             return
-        name = path[len(_PREFIX) : -len(_SUFFIX)]
-        headers: dict[bytes, str] = {}
-        for key, value in scope["headers"]:
-            if key in _WANTED and key not in headers:  # the first one, as Starlette reads it
-                headers[key] = value.decode("latin-1")
-        length = headers.get(b"content-length")
-        small = length is not None and length.isdigit() and int(length) <= gw.STREAM_MIN
-        if not name or "/" in name or not small:
-            await self.app(scope, receive, send)  # the route: streamed bodies, odd paths
-            return
-        try:
-            response = await _predict(scope, receive, name, headers)
-        except ClientGone:
-            return
-        except Exception as exc:  # as the app's handler answers it: problem JSON, logged
-            log.error("unexpected error", exc_info=exc, extra={"path": path})
-            body = http_problem(
-                500, "InternalError", f"unexpected {type(exc).__name__}",
-                hint="the server's log has the traceback", instance=path,
-            )  # fmt: skip
-            response = answers.problem_response(body, 500)
-        await response(scope, receive, send)
+        name, headers = found
+        response = await answer(scope["app"].state, scope, name, headers, lambda: _body(receive))
+        if response is not None:
+            await response(scope, receive, send)
+
+
+def eligible(
+    method: str,
+    path: str,
+    raw_headers: Iterable[tuple[bytes, bytes]],
+    refused: frozenset[bytes] = frozenset(),
+) -> tuple[str, Headers] | None:
+    """The endpoint's name and the headers read, for a predict the fast path answers: a POST to
+    ``/v1/endpoints/{name}:predict`` whose Content-Length is at most ``STREAM_MIN`` (and that
+    has none of the ``refused`` headers)."""
+    if method != "POST" or not path.startswith(PREFIX) or not path.endswith(_SUFFIX):
+        return None
+    name = path[len(PREFIX) : -len(_SUFFIX)]
+    headers: Headers = {}
+    for key, value in raw_headers:
+        if key in _WANTED and key not in headers:  # the first one, as Starlette reads it
+            headers[key] = value.decode("latin-1")
+        elif key in refused:
+            return None
+    length = headers.get(b"content-length")
+    small = length is not None and length.isdigit() and int(length) <= gw.STREAM_MIN
+    if not name or "/" in name or not small:
+        return None
+    return name, headers
+
+
+async def answer(
+    state: Any, scope: Scope, name: str, headers: Headers, body: Callable[[], Awaitable[bytes]]
+) -> Response | None:
+    """The answer to an ``eligible`` predict (``body``: reads the request's body), rendered as
+    the app renders it; ``None`` when the caller went away before its body arrived."""
+    try:
+        return await _predict(state, scope, name, headers, body)
+    except ClientGone:
+        return None
+    except Exception as exc:  # as the app's handler answers it: problem JSON, logged
+        log.error("unexpected error", exc_info=exc, extra={"path": scope["path"]})
+        problem = http_problem(
+            500, "InternalError", f"unexpected {type(exc).__name__}",
+            hint="the server's log has the traceback", instance=scope["path"],
+        )  # fmt: skip
+        return answers.problem_response(problem, 500)
 
 
 async def _predict(
-    scope: Scope, receive: Receive, name: str, headers: dict[bytes, str]
+    state: Any, scope: Scope, name: str, headers: Headers, body: Callable[[], Awaitable[bytes]]
 ) -> Response:
-    state = scope["app"].state
     gateway: gw.Gateway = state.gateway
     scope_state: dict[str, Any] = scope.setdefault("state", {})
     try:
         await authorize(state, headers.get(b"authorization"), "read", "predict", scope_state)
     except AuthProblem as exc:  # as the app's handler renders it
         scope_state["error_kind"] = exc.kind
-        body = http_problem(exc.status, exc.kind, exc.detail, exc.hint, instance=scope["path"])
-        return answers.problem_response(body, exc.status, exc.headers)
+        problem = http_problem(exc.status, exc.kind, exc.detail, exc.hint, instance=scope["path"])
+        return answers.problem_response(problem, exc.status, exc.headers)
     started = time.perf_counter()  # as the route's: after the token check
     if int(headers[b"content-length"]) > gateway.config.max_body:
         return answers.too_large(gateway.config.max_body)
     provider = _provider(scope.get("query_string", b""))
-    data = await _body(receive)
+    data = await body()
     content_type = headers.get(b"content-type") or "application/json"
     accept = headers.get(b"accept")
 

@@ -2,8 +2,10 @@
 
 The controller of a rollout started here runs inside the server, as a thread
 (:func:`mlcloud.rollouts.spawn` sees the gateway's metrics registered), so it judges the canary
-on what the gateway saw; a server restart resumes it (``gateway._resume_rollouts``), and a
-look at a rollout whose controller is gone (``GET /v1/rollouts/{id}``) restarts it here too.
+on what the gateway saw; a server restart resumes it (``gateway._resume_rollouts``), the
+server's adopter (``rollouts.start_adopter``) takes any rollout without a live controller (one a
+pipeline runner started, one whose controller died), and a look at a rollout whose controller
+is gone (``GET /v1/rollouts/{id}``) restarts it here too.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 
 from mlcloud.server.settings import Settings
@@ -40,4 +42,16 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         server_header=False,
         proxy_headers=False,
+        http=_http(),
     )
+
+
+def _http() -> type[asyncio.Protocol] | str:
+    """uvicorn's protocol with predictions answered on it (:mod:`.predict_protocol`), when
+    httptools is installed; else uvicorn's choice."""
+    try:
+        from mlcloud.server.predict_protocol import http_protocol
+    except ImportError as exc:
+        logging.getLogger("mlcloud.server").warning("predictions take the ASGI path: %s", exc)
+        return "auto"
+    return http_protocol()
