@@ -42,9 +42,15 @@ MLCLOUD = [sys.executable, "-m", "mlcloud.cli"]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """For pytest-xdist's ``--dist loadgroup`` (the README's test command): a module's tests
     stay on one worker, in order (its module-scoped servers start once; some tests build on
-    the previous one's state) and every Ray test shares one worker (one Ray cluster in its
-    network namespace, not one per worker)."""
+    the previous one's state), every Ray test shares one worker (one Ray cluster in its
+    network namespace, not one per worker) and so do the serving tests (the SageMaker start
+    needs the machine's one /opt/ml and port 8080: a second worker would skip it)."""
     for item in items:
         path = Path(str(item.path)).resolve().relative_to(REPO)
-        ray = path.parts[:3] == ("tests", "providers", "ray")
-        item.add_marker(pytest.mark.xdist_group("ray" if ray else path.as_posix()))
+        if path.parts[:3] == ("tests", "providers", "ray"):
+            group = "ray"
+        elif path.parts[:2] == ("tests", "serving"):
+            group = "serving"
+        else:
+            group = path.as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -58,6 +58,13 @@ if [ -n "$HIDE" ]; then  # the interpreter lives under a 0700 dir here, /usr/loc
     mkdir -p "$W/keep"; mount --bind "$KEEP" "$W/keep"
     mount -t tmpfs -o mode=0755 tmpfs "$HIDE"; mkdir -p "$KEEP"; mount --bind "$W/keep" "$KEEP"
 fi
+# the checkout and the interpreter may live under a dir the image's view covers (a clone in
+# /tmp, a venv in /home): set them aside now, put them back at the same path below
+mount -t tmpfs -o mode=0755 tmpfs "$HOLD"
+i=0
+for path in $KEEP_PATHS; do
+    i=$((i + 1)); mkdir -p "$HOLD/$i"; mount --bind "$path" "$HOLD/$i"
+done
 mount --bind "$W/passwd" /etc/passwd
 mount --bind "$W/group" /etc/group
 mount -t tmpfs -o mode=0755 tmpfs /home
@@ -70,6 +77,10 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp  # the image's own /tmp: a download there
 mkdir -p /var/azureml-app/azureml-models/iris/1
 mount --bind "$W/azureml" /var/azureml-app/azureml-models/iris/1
 mount -o remount,bind,ro /var/azureml-app/azureml-models/iris/1
+i=0
+for path in $KEEP_PATHS; do
+    i=$((i + 1)); mkdir -p "$path"; mount --bind "$HOLD/$i" "$path"
+done
 IMAGE_ENV="PATH=$BIN:/usr/local/bin:/usr/bin:/bin HOME=/root BENTOML_HOME=/home/bentoml/bentoml
  PYTHONPATH=$REPO BENTOML_DO_NOT_TRACK=True PYTHONDONTWRITEBYTECODE=1"
 cd "$REPO"
@@ -195,6 +206,28 @@ def _interpreter_fix() -> tuple[str, str]:
     return fixes.pop() if fixes else ("", "")
 
 
+COVERED = ("/home", "/opt", "/var", "/tmp")  # the dirs SETUP replaces with the image's own
+
+
+def _kept_paths() -> list[str]:
+    """The checkout and the interpreter's dirs that lie under a covered dir (outermost only)."""
+    wanted = {REPO.resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    wanted |= {Path(p).resolve() for p in sys.path if p and Path(p).is_dir()}
+    under = sorted(p for p in wanted if any(p.is_relative_to(c) for c in COVERED))
+    outer = [p for p in under if not any(p != q and p.is_relative_to(q) for q in under)]
+    if any(" " in str(p) for p in outer):
+        pytest.skip(f"a path to keep has a space: {outer}")
+    return [str(p) for p in outer]
+
+
+def _hold_dir() -> str:
+    """An existing dir outside the covered ones to hold the kept paths meanwhile."""
+    for candidate in ("/mnt", "/media", "/srv"):
+        if Path(candidate).is_dir() and not Path(candidate).is_symlink():
+            return candidate
+    pytest.skip("needs one of /mnt, /media, /srv to hold the checkout while /tmp is replaced")
+
+
 def _run(iris_dir: Path, work: Path) -> dict[str, Any]:
     shutil.copy("/etc/passwd", work / "passwd")
     shutil.copy("/etc/group", work / "group")
@@ -214,6 +247,7 @@ def _run(iris_dir: Path, work: Path) -> dict[str, Any]:
         "REPO": str(REPO), "PY": sys.executable, "BIN": str(Path(sys.executable).parent),
         "VERTEX_URI": "gs://cloud-ai-platform-1/iris-1234", "VERTEX_BASE": VERTEX_BASE,
         "GCS": GCS, "PYTHONPATH": str(REPO),
+        "KEEP_PATHS": " ".join(_kept_paths()), "HOLD": _hold_dir(),
         "PROBE": PROBE.replace("ROW", repr(IRIS_ROW)).replace("TIMEOUT", repr(TIMEOUT - 60))
         .replace("ROUTES", repr(ROUTES)),
     }  # fmt: skip
