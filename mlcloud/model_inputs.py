@@ -69,27 +69,27 @@ def check_same_inputs(
 def inputs_of(model: str, prov: Provider[Any] | None, store: Store | None) -> Inputs:
     """(framework, signature inputs) of a registry ref, a local model dir or a cloud URI;
     raises ``_Unreadable`` saying why when it cannot be known here."""
-    # a URI, or a name only the cloud knows: Azure ML records its endpoints' models as asset
-    # ids (``/subscriptions/…/models/N/versions/V``) or ``azureml:N:V``
-    cloud = ("://" in model and not model.startswith("file://")) or model.startswith(
-        ("azureml:", "/subscriptions/")
-    )
+    cloud = "://" in model and not model.startswith("file://")
+    local = Path(model.removeprefix("file://"))
     # a dir named like a ref is a dir (as ``api.resolve_model`` reads it)
-    ref = not cloud and model_registry.looks_like_ref(model) and not Path(model).is_dir()
+    ref = not cloud and model_registry.looks_like_ref(model) and not local.is_dir()
     if ref and store is not None:
         return _version_inputs(model, prov, store)
-    if cloud:
-        if prov is None:
-            raise _Unreadable(f"{model} is read only through its provider")
+    if cloud and prov is None:
+        raise _Unreadable(f"{model} is read only through its provider")
+    # a URI, or a name no local path has: its provider may know it (Azure ML records its
+    # endpoints' models as asset ids, ``/subscriptions/…/models/N/versions/V``)
+    if prov is not None and (cloud or not local.exists()):
         try:
             manifest = prov.read_model_manifest(model)
         except MlcloudError as e:
             raise _Unreadable(f"{model} could not be read: {e}") from None
-        if manifest is None:
+        if manifest is not None:
+            return _manifest_inputs(manifest)
+        if cloud:
             raise _Unreadable(f"{prov.name} cannot read the model manifest at {model}")
-        return _manifest_inputs(manifest)
     try:
-        return _manifest_inputs(modeldir.read_manifest(Path(model.removeprefix("file://"))))
+        return _manifest_inputs(modeldir.read_manifest(local))
     except (OSError, ModelError) as e:
         raise _Unreadable(f"{model}: {e}") from None
 

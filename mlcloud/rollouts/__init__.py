@@ -319,8 +319,8 @@ def resume_all(store: Store | None = None) -> list[Rollout]:
     with Store.borrowed(store) as st:
         return [
             resume(r.id, st)
-            for r in db.list_rollouts(st, limit=1000)
-            if r.state not in db.FINAL and not (r.state == "starting" and r.created_at > recent)
+            for r in db.unfinished(st)
+            if not (r.state == "starting" and r.created_at > recent)
         ]
 
 

@@ -119,6 +119,16 @@ def list_rollouts(store: Store, endpoint: str | None = None, limit: int = 100) -
     return [_from_row(r) for r in rows]
 
 
+def unfinished(store: Store) -> list[RolloutRow]:
+    """Every rollout not in a final state, oldest first (what a controller may still owe)."""
+    marks = ", ".join("?" * len(FINAL))
+    rows = store._db.execute(
+        f"SELECT * FROM rollouts WHERE state NOT IN ({marks}) ORDER BY id",  # noqa: S608
+        FINAL,
+    ).fetchall()
+    return [_from_row(r) for r in rows]
+
+
 def active_for(store: Store, endpoint: str, provider: str) -> RolloutRow | None:
     marks = ", ".join("?" * len(ACTIVE))
     found = store._db.execute(

@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import yaml
-
 from mlcloud.errors import SpecError, UnsupportedFeature
 from mlcloud.modeldir import MANIFEST
 from mlcloud.provider import StoredObject
+from providers.common import model_manifest as manifests
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -35,7 +34,7 @@ _LONG = re.compile(
     re.I,
 )
 CONTAINER_TTL_S = 600.0  # a datastore's SAS is asked for again after this (it expires)
-MAX_MANIFEST_BYTES = 1 << 20
+MAX_MANIFEST_BYTES = 1 << 20  # a bigger one is not downloaded at all
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,6 @@ def model_manifest(provider: AzureMLProvider, uri: str) -> dict[str, Any] | None
     name = loc.path if loc.path.endswith(MANIFEST) else f"{loc.path}/{MANIFEST}".lstrip("/")
     try:
         data = provider.datastores.read(loc.datastore, name, MAX_MANIFEST_BYTES, loc.workspace)
-        manifest = yaml.safe_load(data) if data is not None else None
-    except (TooLarge, yaml.YAMLError):  # not an mlcloud manifest: the check is skipped
+    except TooLarge:  # not an mlcloud manifest: the check is skipped
         return None
-    return manifest if isinstance(manifest, dict) else None
+    return manifests.parse(data)

@@ -113,12 +113,12 @@ class SageMakerProvider(Provider[SageMakerSettings]):
 
         return endpoints.set_traffic(self, record, weights)
 
-    # ---- native model registry (model package groups) ----------------------------------------
     def _read_model_manifest(self, uri: str) -> dict[str, Any] | None:
         from providers.sagemaker import s3
 
         return s3.read_model_manifest(self, uri)
 
+    # ---- native model registry (model package groups) ----------------------------------------
     def _plan_register(self, version: ModelVersionRecord) -> Plan[ModelVersionRecord]:
         from providers.sagemaker import registry_plan
 

@@ -109,12 +109,12 @@ class VertexProvider(Provider[VertexSettings]):
 
         return endpoints.set_traffic(self, record, weights)
 
-    # ---- native model registry (Vertex AI Model Registry versions and version aliases) ------
     def _read_model_manifest(self, uri: str) -> dict[str, Any] | None:
         from providers.vertex import gcs
 
         return gcs.read_model_manifest(self, uri)
 
+    # ---- native model registry (Vertex AI Model Registry versions and version aliases) ------
     def _plan_register(self, version: ModelVersionRecord) -> Plan[ModelVersionRecord]:
         from providers.vertex import registry_plan
 

@@ -11,12 +11,9 @@ the same whether it runs locally or against the server; a server restart resumes
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,22 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from mlcloud import modeldir
 from providers.local import endpoint_procs
+from tests.canary_load import PredictLoad, failing_model
 from tests.conformance.endpoints import make_custom_model
 from tests.server.serverproc import RunningServer, cli, start_server
 
 pytestmark = pytest.mark.timeout(600)
 
 NAME = "rollout-ep"
-BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
 FINAL = ("promoted", "rolled_back", "aborted", "failed")
-FAILING = '''class Predictor:
-    """Loads fine, answers every prediction with an error (a 500)."""
-
-    def predict(self, inputs):
-        raise RuntimeError("boom: this version is broken on purpose")
-'''
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +93,8 @@ def remote(server: Server, tokens: dict[str, str], *args: str, role: str = "admi
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    src = root / "failing-src"
-    src.mkdir()
-    (src / "failing_predictor.py").write_text(FAILING)
     made = {v: make_custom_model(root, v) for v in ("stable", "good", "good2", "good3")}
-    made["failing"] = modeldir.save(
-        src, "custom", root / "failing", predictor="failing_predictor:Predictor"
-    )
+    made["failing"] = failing_model(root)
     return made
 
 
@@ -122,50 +107,14 @@ def stable(server: Server, tokens: dict[str, str], models: dict[str, Path]) -> I
         MLCLOUD_TOKEN=tokens["admin"])  # fmt: skip
 
 
-class Load:
+class Load(PredictLoad):
     """A client loop calling predict through the gateway (a read token); answers counted by
     (x-mlcloud-version, status). ``server`` is re-read on each reconnect (a restart)."""
 
     def __init__(self, server: Server, token: str) -> None:
-        self.server, self.token = server, token
-        self.answers: Counter[tuple[str | None, int]] = Counter()
-        self.failures: list[str] = []  # no HTTP answer at all
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-    def _connect(self) -> http.client.HTTPConnection:
-        host, port = self.server.now.url.removeprefix("http://").split(":")
-        return http.client.HTTPConnection(host, int(port), timeout=30)
-
-    def _run(self) -> None:
-        conn, path = self._connect(), f"/v1/endpoints/{NAME}:predict"
-        headers = {"content-type": "application/json", "authorization": f"Bearer {self.token}"}
-        while not self.stop.is_set():
-            try:
-                conn.request("POST", path, BODY, headers)
-                resp = conn.getresponse()
-                resp.read()
-                self.answers[(resp.getheader("x-mlcloud-version"), resp.status)] += 1
-            except (OSError, http.client.HTTPException) as exc:
-                self.failures.append(repr(exc))
-                conn.close()
-                time.sleep(0.05)
-                conn = self._connect()
-            time.sleep(0.01)
-
-    def by_version(self) -> dict[str | None, int]:
-        out: Counter[str | None] = Counter()
-        for (version, _), n in self.answers.items():
-            out[version] += n
-        return dict(out)
+        headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+        super().__init__(lambda: server.now.url, f"/v1/endpoints/{NAME}:predict", headers,
+                         pause=0.01, reconnect_pause=0.05)  # fmt: skip
 
 
 def _wait_final(server: Server, token: str, rid: str, timeout: float) -> dict[str, Any]:

@@ -10,14 +10,11 @@ version never stopped); a healthy rollout promoted step by step; a killed contro
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import signal
 import subprocess
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,19 +30,13 @@ from mlcloud.specs import Deployment
 from mlcloud.store import Store
 from providers.local import endpoint_procs
 from providers.local.provider import LocalProvider
+from tests.canary_load import PredictLoad, failing_model
 from tests.conformance.endpoints import TRUSTED, make_custom_model
 from tests.conftest import MLCLOUD, cli_env
 
 pytestmark = pytest.mark.timeout(600)
 
 NAME = "canary-ep"
-BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
-FAILING = '''class Predictor:
-    """Loads fine, answers every prediction with an error (a 500)."""
-
-    def predict(self, inputs):
-        raise RuntimeError("boom: this version is broken on purpose")
-'''
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +90,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("models")
     x, y = load_iris(return_X_y=True)
-    src = root / "failing-src"
-    src.mkdir()
-    (src / "failing_predictor.py").write_text(FAILING)
     return {
         "lr": modeldir.save(LogisticRegression(max_iter=500).fit(x, y), "sklearn", root / "lr"),
         "good": make_custom_model(root, "good"),
@@ -109,9 +97,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "good3": make_custom_model(root, "good3"),
         "good4": make_custom_model(root, "good4"),
         "good5": make_custom_model(root, "good5"),
-        "failing": modeldir.save(
-            src, "custom", root / "failing", predictor="failing_predictor:Predictor"
-        ),
+        "failing": failing_model(root),
     }
 
 
@@ -122,44 +108,11 @@ def stable(provider: LocalProvider, models: dict[str, Path]) -> Iterator[Endpoin
     provider.undeploy(NAME)
 
 
-class Load:
+class Load(PredictLoad):
     """A client loop through the front: answers counted by (version, status)."""
 
     def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.host, self.port = host, int(port)
-        self.answers: Counter[tuple[str | None, int]] = Counter()
-        self.failures: list[str] = []  # no HTTP answer at all
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-    def _run(self) -> None:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        while not self.stop.is_set():
-            try:
-                conn.request("POST", "/predict", BODY, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                resp.read()
-                self.answers[(resp.getheader("x-mlcloud-version"), resp.status)] += 1
-            except (OSError, http.client.HTTPException) as exc:
-                self.failures.append(repr(exc))
-                conn.close()
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-            time.sleep(0.002)
-
-    def by_version(self) -> dict[str | None, int]:
-        out: Counter[str | None] = Counter()
-        for (version, _), n in self.answers.items():
-            out[version] += n
-        return dict(out)
+        super().__init__(lambda: url, "/predict", {"Content-Type": "application/json"}, 0.002)
 
 
 def _wait_final(rollout_id: int, timeout: float) -> Any:
