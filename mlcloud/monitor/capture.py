@@ -126,6 +126,8 @@ def from_table(table: Any, names: Sequence[str] | None, dropped: int) -> Capture
     when the table is not that shape (named features, strings, ragged rows): to_window then."""
     import pyarrow as pa  # type: ignore[import-untyped]
 
+    if table.num_rows == 0:  # nothing captured in the window (yet): no width to shape by
+        return None
     try:
         outer = table.column("instances").combine_chunks()
         preds = table.column("predictions").combine_chunks()

@@ -183,3 +183,18 @@ def test_ray_refuses_capture_at_plan_time() -> None:
 
     with pytest.raises(UnsupportedFeature, match="request capture"):
         _refuse(Deployment(name="a", model="m", capture={"sample": 0.5}), "ray")
+
+
+def test_an_empty_window_read_in_bulk_is_an_empty_window() -> None:
+    """A capture file with nothing yet in the window came back as a 0-row Table, and shaping it
+    raised "cannot reshape array of size 0" (a monitor check right after a deploy)."""
+    import pyarrow as pa
+
+    empty = pa.table({
+        "ts": pa.array([], pa.float64()), "request_id": pa.array([], pa.string()),
+        "version": pa.array([], pa.string()),
+        "instances": pa.array([], pa.list_(pa.list_(pa.float64()))),
+        "predictions": pa.array([], pa.list_(pa.int64())),
+    })  # fmt: skip
+    assert from_table(empty, None, 0) is None  # the general path then: an empty window
+    assert len(to_window(empty.to_pylist(), None, 0)) == 0
