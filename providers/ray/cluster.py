@@ -346,6 +346,8 @@ def ray_own(proc: psutil.Process) -> bool:
     supervisor's watcher (``while kill -s 0 <supervisor>; do sleep 1; done; kill -9 -<driver
     group>``) and its ``sleep 1``, which may outlive the watcher by a second. Ray ends these."""
     try:
+        if proc.name().startswith("ray::"):  # also while exiting, when its argv reads empty
+            return True
         argv = proc.cmdline() or [""]
     except psutil.Error:
         return False
