@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Generic, Protocol, TypeVar, cast
 
 from mlcloud.errors import MlcloudError, Origin, SpecError, UnsupportedFeature, map_exceptions
 from mlcloud.records import (
@@ -430,6 +430,30 @@ class Provider(ABC, Generic[SettingsT]):
         raise UnsupportedFeature(
             "reading captured requests", self.where, hint="capture runs on local and the clouds"
         )
+
+    # ---- the server's gateway (mlcloud.server.gateway) ---------------------------------------
+    def direct_route(self, record: EndpointRecord) -> DirectRoute | None:
+        """How a gateway on this machine reaches the servers of endpoint ``record`` without
+        its own proxy in between (the local front); ``None``: through the endpoint's URL."""
+        return None
+
+
+class DirectRoute(Protocol):
+    """An endpoint's routing between its model servers, done by the gateway itself (the
+    local provider's ``direct_route.py``): the endpoint's own weights, and its own counts."""
+
+    def route(self) -> tuple[str, str] | None:
+        """``(server base URL, version id)`` of the next prediction; ``None``: use the
+        endpoint's URL."""
+
+    def answered(self, url: str, status: int, ms: float) -> None:
+        """The server at ``url`` answered ``status`` in ``ms`` milliseconds."""
+
+    def unreachable(self, url: str) -> None:
+        """The server at ``url`` took no request (nothing came back): left out for a while."""
+
+    def flush(self) -> None:
+        """Write out what was counted (the gateway is stopping)."""
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,15 @@
 
 One URL scheme for every provider. The endpoint is looked up through :mod:`mlcloud.api` (an
 unknown name is a 404 problem) and resolved into an upstream (``upstreams.target_of``), cached
-for ``target_ttl_s``. HTTP upstreams (the local front, Ray Serve) get the caller's bytes as they
-came, on pooled keep-alive connections, streamed both ways when large (a small body to a local
-front goes through the front's own lean client, ``mlcloud.proxy_client``); cloud endpoints are
-called through the provider's SDK client in a worker thread (``cloud_upstreams``), so their
-credentials stay on the server. A small body's request is answered by the pure-ASGI fast path
-(:mod:`mlcloud.server.fastpath`) before FastAPI routes it; both share ``serve``.
+for ``target_ttl_s``. A local endpoint's small predictions go straight to its model servers,
+routed and counted as its front would (the provider's ``direct_route``: the front is a second
+proxy on the way, which alone cost more than the gateway's budget; through the front when no
+server takes one, or with ``MLCLOUD_GATEWAY_DIRECT=0``); other HTTP upstreams (the front for
+large bodies, Ray Serve) get the caller's bytes as they came, on pooled keep-alive connections,
+streamed both ways when large; cloud endpoints are called through the provider's SDK client in
+a worker thread (``cloud_upstreams``), so their credentials stay on the server. A small body's
+request is answered by the fast path (:mod:`mlcloud.server.fastpath`, taken by the server's HTTP
+protocol) before FastAPI routes it; both share ``serve``.
 
 Whose fault a failure is stays visible: a model refusing the caller's request answers its own
 4xx, passed on; the gateway answers 413 for a body over the limit, 502 when the upstream is
@@ -49,6 +52,7 @@ from mlcloud.server.upstreams import (
     Answer,
     Target,
     UpstreamFailure,
+    forward_direct,
     forward_http,
     forward_lean,
     target_of,
@@ -62,13 +66,15 @@ _ENV = "MLCLOUD_GATEWAY_"
 @dataclass(frozen=True)
 class GatewayConfig:
     """Limits of the gateway; ``MLCLOUD_GATEWAY_MAX_BODY`` / ``_TIMEOUT_S`` / ``_TARGET_TTL_S``
-    override the defaults (every uvicorn worker reads its environment)."""
+    override the defaults (every uvicorn worker reads its environment); ``_DIRECT=0`` sends
+    local endpoints' predictions through their fronts (an A/B, or a front's view of all)."""
 
     max_body: int = 10 * 1024 * 1024
     timeout_s: float = 60.0
     target_ttl_s: float = 5.0
     max_connections: int = 512
     cloud_threads: int = 64
+    direct: bool = True
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -84,6 +90,7 @@ class GatewayConfig:
             max_body=int(read("MAX_BODY", base.max_body)),
             timeout_s=read("TIMEOUT_S", base.timeout_s),
             target_ttl_s=read("TARGET_TTL_S", base.target_ttl_s),
+            direct=os.environ.get(_ENV + "DIRECT", "1").strip().lower() not in ("0", "false", "no"),
         )
 
 
@@ -143,8 +150,11 @@ class Gateway:
             del self._lookups[key]
 
     async def _refresh(self, key: tuple[str, str | None], old: Target) -> None:
+        # a local endpoint whose servers are reached directly is also healed (its front
+        # restarted if it died): no prediction of the gateway's finds it down any more
+        heal = old.direct is not None
         try:
-            self._targets[key] = await run_in_threadpool(_resolve, key[0], key[1], old)
+            self._targets[key] = await run_in_threadpool(_resolve, key[0], key[1], old, heal)
         except Exception as exc:  # gone or not serving: the next request looks it up again
             log.info("endpoint %s: %s", key[0], exc)
             self._targets.pop(key, None)
@@ -163,6 +173,9 @@ class Gateway:
     async def aclose(self) -> None:
         if self.lean is not None:
             self.lean.close()
+        for target in self._targets.values():
+            if target.direct is not None:
+                target.direct.flush()  # the last counts, where the endpoint's own are read
         await self.session.close()
 
 
@@ -375,8 +388,15 @@ async def _lean(
     data: bytes,
     headers: dict[str, str],
 ) -> Answer:
+    """To a local endpoint's servers directly when it has a route to them, else (or when
+    none of them took the request) through its front."""
+    timeout = gateway.config.timeout_s
     async with gateway.lean_slots:
-        return await forward_lean(client, target, data, headers, gateway.config.timeout_s)
+        if target.direct is not None and gateway.config.direct:
+            answer = await forward_direct(client, target, data, headers, timeout)
+            if answer is not None:
+                return answer
+        return await forward_lean(client, target, data, headers, timeout)
 
 
 def _invoke_cloud(target: Target, body: bytes, content_type: str, timeout: float) -> Answer:

@@ -1,10 +1,11 @@
 """Where an endpoint's predictions are served, and the HTTP forwarding of the gateway.
 
 An endpoint record is resolved once into a :class:`Target` (cached by the gateway for a few
-seconds): an HTTP upstream (the local front, a Ray Serve proxy) with the auth headers it takes,
-or a cloud runtime reached through the provider object (``cloud_upstreams``), whose SDK holds
-the credentials. The core never imports ``providers``: a provider's clients are reached by the
-attribute names its ``endpoints.py`` uses (``clients.runtime``, ``clients.prediction``,
+seconds): an HTTP upstream (the local front, a Ray Serve proxy) with the auth headers it takes
+(a local endpoint also with its ``direct`` route to its model servers), or a cloud runtime
+reached through the provider object (``cloud_upstreams``), whose SDK holds the credentials.
+The core never imports ``providers``: a provider's clients are reached by the attribute names
+its ``endpoints.py`` uses (``clients.runtime``, ``clients.prediction``,
 ``clients.ml``).
 
 Every answer is an :class:`Answer`; every failure to get one is an :class:`UpstreamFailure`
@@ -27,7 +28,7 @@ from mlcloud.records import EndpointRecord, EndpointState
 if TYPE_CHECKING:
     import aiohttp
 
-    from mlcloud.provider import Provider
+    from mlcloud.provider import DirectRoute, Provider
     from mlcloud.proxy_client import UpstreamClient
 
 VERSION_HEADER = "x-mlcloud-version"
@@ -103,6 +104,7 @@ class Target:
     url: str | None = None  # HTTP upstreams: the predict URL
     base: str | None = None  # a local front: its ``http://host:port`` (the lean client's key)
     headers: dict[str, str] = field(default_factory=dict)  # HTTP upstreams: auth
+    direct: DirectRoute | None = None  # a local endpoint's servers, reached without its front
     resolved_at: float = field(default_factory=time.monotonic)
     cache: dict[str, Any] = field(default_factory=dict)  # per-target SDK facts (Azure's key)
 
@@ -142,6 +144,7 @@ def target_of(record: EndpointRecord, provider: Provider[Any]) -> Target:
             raise UpstreamFailure(503, "NotServing", f"endpoint {record.name!r} has no front")
         target.base = _http_url(str(front["host"]), int(front["port"]))
         target.url = target.base + "/predict"
+        target.direct = provider.direct_route(record)
         if record.details.get("auth") == "token":
             token = _local_token(provider.store.home)
             target.headers["authorization"] = f"Bearer {token}"
@@ -279,6 +282,52 @@ async def forward_lean(
         elif low not in _DROP_OUT_RAW:
             out.append((low, value))
     return Answer(status, [], data, version or target.fallback_version, raw=out)
+
+
+async def forward_direct(
+    client: UpstreamClient,
+    target: Target,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+) -> Answer | None:
+    """POST a buffered ``body`` straight to one of a local endpoint's servers, chosen by the
+    endpoint's own routing (``target.direct``: the provider's ``direct_route``, which says why),
+    and counted there. ``None``: no server took it (every one tried refused or broke the
+    connection before answering): the caller sends it through the front, which knows more."""
+    route = target.direct
+    assert route is not None
+    block = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("utf-8", "surrogateescape")
+    clock = time.perf_counter
+    for attempt in range(_DIRECT_TRIES):
+        chosen = route.route()
+        if chosen is None:
+            return None
+        url, version = chosen
+        started = clock()
+        try:
+            async with asyncio.timeout(timeout):
+                status, raw, data = await client.forward(url, b"POST", b"/predict", block, body)
+        except TimeoutError:  # before OSError: TimeoutError is one
+            route.answered(url, 504, (clock() - started) * 1e3)
+            late = TimeoutError(f"no answer within {timeout:g}s")
+            raise UpstreamFailure(
+                504, "UpstreamTimeout", _said(target, late), version=version
+            ) from None
+        except OSError as exc:
+            # refused: the server is gone (a switch stopped it, or it died); a pooled
+            # connection broken as it was reused is tried once more before giving up on it
+            if isinstance(exc, ConnectionRefusedError) or attempt > 0:
+                route.unreachable(url)
+            continue
+        route.answered(url, status, (clock() - started) * 1e3)
+        out = [(name.lower(), value) for name, value in raw]
+        return Answer(status, [], data, version,
+                      raw=[(k, v) for k, v in out if k not in _DROP_OUT_RAW])  # fmt: skip
+    return None
+
+
+_DIRECT_TRIES = 3
 
 
 def _unreachable(target: Target, exc: Exception) -> UpstreamFailure:

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, TypedDict
 from mlcloud import proxy_client as front_client
 from providers.local.front_conn import BACKLOG, BUSY, Connections, Limits
 from providers.local.front_http import FrontConn, Request, Response, json_response
-from providers.local.front_stats import Stats
+from providers.local.front_stats import GATEWAY_STATS_DIR, GatewayCounts, Stats
 from providers.local.front_upstreams import UPSTREAMS_FILE, Upstreams, write_upstreams
 
 if TYPE_CHECKING:  # aiohttp is imported where the proxy needs it (HEAD), not by the deployer
@@ -123,6 +123,8 @@ class Front:
         self.upstreams = upstreams
         self.conns = conns
         self.stats = Stats()
+        # predictions the server's gateway sent straight to the servers (direct_route.py)
+        self.gateway_counts = GatewayCounts(upstreams.path.parent / GATEWAY_STATS_DIR)
         self.expected = f"Bearer {token}".encode() if token else None
         self.poke = poke
         # MLCLOUD_FRONT_CLIENT=aiohttp: aiohttp's client for every request (A/B benchmarks)
@@ -149,7 +151,9 @@ class Front:
                 return json_response(200, self._control())
             if path == STATS_PATH_B:
                 self.upstreams.reload()
-                data = self.stats.snapshot(self.upstreams.versions, self.upstreams.weights)
+                data = self.stats.snapshot(
+                    self.upstreams.versions, self.upstreams.weights, self.gateway_counts.counters()
+                )
                 data["generation"] = self.upstreams.generation
                 return json_response(200, data)
         return await self._proxy(req)

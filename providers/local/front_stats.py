@@ -6,19 +6,28 @@ back; the request was retried elsewhere), and a latency histogram on fixed log-s
 which front): a reader judging a window, like the rollout controller, subtracts two snapshots,
 which works for percentiles too because the buckets are fixed. Recording is a few integer
 increments and one ``bisect`` per request.
+
+Predictions the server's gateway sends straight to the servers (``direct_route.py``) are counted
+by the gateway in files of ``GATEWAY_STATS_DIR``, one per gateway process; ``GatewayCounts``
+adds them in, counted from when this front started like its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from bisect import bisect_left
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 #: bucket upper bounds in ms: 0.05 ms * 1.25^k, up to ~5 min (a percentile is read as the
 #: upper bound of its bucket, so within 25%)
 BOUNDS_MS: tuple[float, ...] = tuple(round(0.05 * 1.25**k, 4) for k in range(72))
+#: under the endpoint's state directory: the gateway processes' counters, ``<pid>.json``
+GATEWAY_STATS_DIR = "gateway-stats"
 
 
 class Counter:
@@ -35,6 +44,23 @@ class Counter:
         if status >= 500:
             self.errors += 1
         self.buckets[bisect_left(BOUNDS_MS, ms)] += 1
+
+    def add(self, other: Counter, sign: int = 1) -> None:
+        self.requests += sign * other.requests
+        self.errors += sign * other.errors
+        self.unreachable += sign * other.unreachable
+        self.buckets = [a + sign * b for a, b in zip(self.buckets, other.buckets, strict=True)]
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> Counter:
+        counter = cls()
+        counter.requests = int(data.get("requests") or 0)
+        counter.errors = int(data.get("errors") or 0)
+        counter.unreachable = int(data.get("unreachable") or 0)
+        buckets = [int(n) for n in data.get("buckets") or []]
+        if len(buckets) == len(counter.buckets):
+            counter.buckets = buckets
+        return counter
 
 
 def percentile(buckets: Sequence[int], q: float) -> float | None:
@@ -64,19 +90,24 @@ class Stats:
             counter = self.by_url[url] = Counter()
         return counter
 
-    def snapshot(self, versions: dict[str, list[str]], weights: dict[str, int]) -> dict[str, Any]:
+    def snapshot(
+        self,
+        versions: dict[str, list[str]],
+        weights: dict[str, int],
+        more: dict[str, Counter] | None = None,
+    ) -> dict[str, Any]:
         """What ``/-/stats`` answers: each serving version with its weight, totals, p50/p99
-        and buckets, and each of its upstreams' counts."""
+        and buckets, and each of its upstreams' counts (``more``: counted elsewhere, added)."""
         out: dict[str, Any] = {}
         for version, urls in versions.items():
             total = Counter()
             per_url = {}
             for url in urls:
-                c = self.by_url.get(url) or Counter()
-                total.requests += c.requests
-                total.errors += c.errors
-                total.unreachable += c.unreachable
-                total.buckets = [a + b for a, b in zip(total.buckets, c.buckets, strict=True)]
+                c = Counter()
+                for part in (self.by_url.get(url), (more or {}).get(url)):
+                    if part is not None:
+                        c.add(part)
+                total.add(c)
                 per_url[url] = {"requests": c.requests, "errors": c.errors,
                                 "unreachable": c.unreachable}  # fmt: skip
             out[version] = {
@@ -91,3 +122,64 @@ class Stats:
             }
         return {"pid": os.getpid(), "started": self.started, "bounds_ms": list(BOUNDS_MS),
                 "versions": out}  # fmt: skip
+
+
+class GatewayCounts:
+    """The gateway processes' counters for this endpoint (``direct_route.py`` writes them),
+    each counted from when this front started: what a file held then is subtracted, as the
+    front's own counters start at zero (a reader judging a window relies on it)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.base: dict[str, tuple[str, dict[str, Counter]]] = {}
+        for path in self._files():
+            read = _read(path)
+            if read is None:
+                continue
+            if not _alive(path.stem):  # a gateway gone before this front: nothing to add
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            self.base[path.name] = read
+
+    def counters(self) -> dict[str, Counter]:
+        """Per upstream URL: what the gateways counted since this front started."""
+        out: dict[str, Counter] = {}
+        for path in self._files():
+            read = _read(path)
+            if read is None:
+                continue
+            who, now = read
+            base_who, base = self.base.get(path.name, ("", {}))
+            for url, counter in now.items():
+                total = out.setdefault(url, Counter())
+                total.add(counter)
+                if base_who == who and url in base:  # the same gateway process as at start
+                    total.add(base[url], -1)
+        return out
+
+    def _files(self) -> list[Path]:
+        try:
+            return sorted(self.directory.glob("*.json"))
+        except OSError:
+            return []
+
+
+def _read(path: Path) -> tuple[str, dict[str, Counter]] | None:
+    """``(which process, counters per URL)`` of one gateway's file; ``None`` if unreadable."""
+    try:
+        data = json.loads(path.read_text())
+        who = f"{data['pid']}:{data['started']}"
+        return who, {str(u): Counter.of(c) for u, c in (data.get("by_url") or {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _alive(stem: str) -> bool:
+    try:
+        os.kill(int(stem), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from mlcloud.provider import Capability, CapturedRecords, Provider
+from mlcloud.provider import Capability, CapturedRecords, DirectRoute, Provider
 from mlcloud.records import EndpointRecord, JobRecord, Plan
 from providers.local import errors
 from providers.local.settings import LocalSettings
@@ -116,6 +116,14 @@ class LocalProvider(Provider[LocalSettings]):
         from providers.local import capture
 
         return capture.read(self, record, since, until)
+
+    def direct_route(self, record: EndpointRecord) -> DirectRoute | None:
+        """The front's routing in the gateway's process (``direct_route.py``: why)."""
+        from providers.local import direct_route
+        from providers.local.endpoint_plan import endpoint_dir
+
+        state_dir = endpoint_dir(self.store.home, record.name)
+        return direct_route.for_endpoint(state_dir, record.created_at)
 
     def version_stats(self, name: str) -> dict[str, Any]:
         """The front's per-version counters (what a rollout judges a canary by)."""

@@ -10,7 +10,9 @@ A real local endpoint (the iris model behind its front and BentoML server) and a
 ``mlcloud server`` (uvicorn; httptools/uvloop when installed), both on 127.0.0.1, under a temp
 MLCLOUD_HOME. Rounds are interleaved (direct, gateway, direct, ...) and the medians reported,
 with the CPU the front (direct) and the server (gateway) spent per request: the overhead that
-does not depend on how busy the machine is.
+does not depend on how busy the machine is. The gateway sends a local endpoint's predictions
+straight to its model servers (``providers/local/direct_route.py``); ``MLCLOUD_GATEWAY_DIRECT=0``
+in the environment measures the path through the front instead.
 Load comes from wrk (one thread), else a bounded Python loop. Prints req/s for both, the ratio
 gateway/direct per concurrency (target >= 0.85) and the latency the gateway adds at p50/p99.
 ``--baseline DIR``: a second gateway started from another checkout (e.g. ``git archive HEAD |
