@@ -29,7 +29,7 @@ from mlcloud.cli.core import _ago, _table, cli, emit_json, emit_list, output_opt
     default=50.0,
     show_default=True,
     type=click.FloatRange(0.01),
-    help="Predict calls per second per token (burst: twice that).",
+    help="Predict calls per second per token and worker (burst: twice that).",
 )
 @click.option(
     "--log-level",

@@ -38,6 +38,7 @@ from mlcloud import proxy_client
 from mlcloud.errors import ConfigError, MlcloudError
 from mlcloud.rollouts import stats as rollout_stats
 from mlcloud.server import metrics as gateway_metrics
+from mlcloud.server import metrics_shared
 from mlcloud.server.answers import (
     failure_response,
     problem_response,
@@ -207,6 +208,9 @@ def _resolve(
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     config = getattr(app.state, "gateway_config", None) or GatewayConfig.from_env()
     gateway = Gateway(config, gateway_metrics.Metrics())
+    shared = metrics_shared.directory_from_env()
+    if shared is not None:  # several workers: each one's numbers are the whole server's
+        gateway.metrics.share(shared)
     gateway_metrics.install(gateway.metrics)  # what version_stats reads in this process
     app.state.gateway = gateway
     # rollouts running in this process judge canaries on what the gateway saw
@@ -217,6 +221,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         rollout_stats.use_server_metrics(None)
+        gateway.metrics.stop_sharing()
         await gateway.aclose()
 
 

@@ -12,6 +12,8 @@ Two views of the same observations:
   controller compares against a gate. Memory is bounded: each series keeps a ring of one-second
   slots (``WINDOW_MAX_S`` of them at most), each slot a fixed array of log-scale latency bins, so
   a percentile is exact to one bin (about 7%) whatever the request rate.
+
+With several server workers, both views are the whole server's (:mod:`.metrics_shared`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import math
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -85,7 +88,8 @@ class _Window:
         slot.errors += error
         slot.latency[_bin(ms)] += 1
 
-    def stats(self, now_s: int, window_s: int) -> VersionStats:
+    def stats(self, now_s: int, window_s: int, more: Sequence[Any] = ()) -> VersionStats:
+        """The window's numbers; ``more``: other workers' slots (``recent``'s shape), added."""
         window_s = max(1, min(window_s, self.size))
         requests = errors = 0
         counts = [0] * _BINS
@@ -95,10 +99,26 @@ class _Window:
                 errors += slot.errors
                 for i, n in enumerate(slot.latency):
                     counts[i] += n
+        for second, slot_requests, slot_errors, bins in more:
+            if now_s - window_s < int(second) <= now_s:
+                requests += int(slot_requests)
+                errors += int(slot_errors)
+                for i, n in bins:
+                    if 0 <= int(i) < _BINS:
+                        counts[int(i)] += int(n)
         p50 = _percentile(counts, requests, 0.50)
         p99 = _percentile(counts, requests, 0.99)
         rate = errors / requests if requests else 0.0
         return VersionStats(requests, errors, rate, p50, p99)
+
+    def recent(self, now_s: int, window_s: int) -> list[tuple[int, int, int, bytes]]:
+        """The slots of the last ``window_s`` seconds, copied: ``(second, requests, errors,
+        latency bins as bytes)`` (quick: taken under the metrics' lock)."""
+        return [
+            (slot.second, slot.requests, slot.errors, slot.latency.tobytes())
+            for slot in self.slots
+            if slot is not None and now_s - window_s < slot.second <= now_s
+        ]
 
 
 def _percentile(counts: list[int], total: int, q: float) -> float | None:
@@ -132,6 +152,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.window_max_s = window_max_s
         self._clock = clock
+        self.shared: Path | None = None  # the workers' directory (metrics_shared), if several
+        self._sharing: Any = None
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, str], _Window] = {}
         self._series: dict[tuple[str, str], _Series] = {}
@@ -184,12 +206,48 @@ class Metrics:
 
     def version_stats(self, endpoint: str, version: str, window_s: float = 60.0) -> VersionStats:
         """``version``'s requests to ``endpoint`` during the last ``window_s`` seconds (at most
-        ``window_max_s``)."""
+        ``window_max_s``), the other workers' included."""
+        more: list[Any] = []
+        if self.shared is not None:
+            from mlcloud.server import metrics_shared
+
+            key = f"{endpoint}\t{version}"
+            for worker in metrics_shared.others(self.shared):
+                more += (worker.get("windows") or {}).get(key) or []
         with self._lock:
             window = self._windows.get((endpoint, version))
-            if window is None:
+            if window is None and not more:
                 return VersionStats(0, 0, 0.0, None, None)
-            return window.stats(int(self._clock()), math.ceil(window_s))
+            window = window or _Window(self.window_max_s)
+            return window.stats(int(self._clock()), math.ceil(window_s), more)
+
+    def recent_slots(self, window_s: int) -> dict[str, list[list[Any]]]:
+        """Every series' slots of the last ``window_s`` seconds, by ``endpoint<TAB>version``:
+        ``[second, requests, errors, [[bin, n], ...]]`` with the bins that have any (what a
+        worker shares; copied under the lock, made sparse outside it)."""
+        now = int(self._clock())
+        with self._lock:
+            raw = {f"{e}\t{v}": w.recent(now, window_s) for (e, v), w in self._windows.items()}
+        out = {}
+        for key, slots in raw.items():
+            out[key] = [
+                [second, requests, errors,
+                 [[i, n] for i, n in enumerate(array("I", latency)) if n]]
+                for second, requests, errors, latency in slots
+            ]  # fmt: skip
+        return out
+
+    def share(self, directory: Path) -> None:
+        """Share with the other workers through ``directory`` (see :mod:`.metrics_shared`)."""
+        from mlcloud.server import metrics_shared
+
+        self.shared = directory
+        self._sharing = metrics_shared.Sharing(self, directory)
+
+    def stop_sharing(self) -> None:
+        if self._sharing is not None:
+            self._sharing.stop()
+            self._sharing = None
 
     def versions(self, endpoint: str) -> list[str]:
         """The versions of ``endpoint`` seen since the app started."""
@@ -197,7 +255,14 @@ class Metrics:
             return sorted(v for e, v in self._windows if e == endpoint)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text of the series (the whole server's, with several workers)."""
+        if self.shared is None:
+            return generate_latest(self.registry)
+        from mlcloud.server import metrics_shared
+
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(metrics_shared.Merged(self, self.shared))
+        return generate_latest(merged)
 
 
 _current = Metrics()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 
 from mlcloud.server.settings import Settings
 
@@ -17,10 +19,7 @@ def serve(settings: Settings) -> None:
     The settings reach each worker through the environment (uvicorn imports the factory by
     name in every worker process); the refusal to bind beyond loopback without a token is
     checked here first, so it is one clear error, not one per worker."""
-    import uvicorn
-
     from mlcloud.server.auth import check_startup
-    from mlcloud.server.observe import log_config
 
     if settings.database_url:
         os.environ["MLCLOUD_DATABASE_URL"] = settings.database_url
@@ -31,6 +30,24 @@ def serve(settings: Settings) -> None:
     from mlcloud.rollouts.stats import HANDOFF_ENV
 
     os.environ[HANDOFF_ENV] = "1"
+    shared = None
+    if settings.workers > 1:  # the workers' numbers, added up by each (metrics_shared)
+        from mlcloud.server.metrics_shared import SHARE_ENV
+
+        shared = tempfile.mkdtemp(prefix="mlcloud-server-metrics-")
+        os.environ[SHARE_ENV] = shared
+    try:
+        _run(settings)
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def _run(settings: Settings) -> None:
+    import uvicorn
+
+    from mlcloud.server.observe import log_config
+
     uvicorn.run(
         APP_FACTORY,
         factory=True,

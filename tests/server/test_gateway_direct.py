@@ -5,71 +5,28 @@ counting what it received and closing every connection, so a stopped one refuses
 
 What is checked is what the far ends received: the canary's exact share, nothing through the
 front, the front's ``/-/stats`` counting the gateway's predictions, a weight change followed at
-once, and a server that stops costing no prediction.
+once, and a server that stops costing no prediction (the stand-ins: ``standin.py``).
 """
 
 from __future__ import annotations
 
-import http.client
-import json
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from mlcloud.records import EndpointRecord, EndpointState
 from mlcloud.server.upstreams import VERSION_HEADER
-from mlcloud.store import Store
 from providers.local.endpoint_plan import endpoint_dir
-from providers.local.front import CONTROL_PATH, STATS_PATH, write_upstreams
-from tests.conftest import REPO
+from providers.local.front import CONTROL_PATH, STATS_PATH
 from tests.server.gateway_helpers import predict
-from tests.server.serverproc import RunningServer, free_port, start_server
+from tests.server.serverproc import RunningServer, start_server
+from tests.server.standin import Model, publish, running_front
+from tests.server.standin import get as _get
 
 pytestmark = pytest.mark.timeout(180)
 NAME = "split"
-
-
-class Model:
-    """A stand-in model server: answers which version it is, counts what it received."""
-
-    def __init__(self, version: str) -> None:
-        self.version, self.received = version, 0
-        model = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                model.received += 1
-                answer = json.dumps({"predictions": [model.version]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(answer)
-                self.close_connection = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()  # refused from now on
 
 
 @pytest.fixture(scope="module")
@@ -85,43 +42,11 @@ def models() -> Iterator[dict[str, Model]]:
         model.server.shutdown()
 
 
-def publish(
-    state: Path, generation: int, models: dict[str, Model], weights: dict[str, int]
-) -> None:
-    versions = {v: {"weight": w, "upstreams": [models[v].url]} for v, w in weights.items()}
-    write_upstreams(state, generation, [m.url for m in models.values()], versions=versions)
-
-
 @pytest.fixture(scope="module")
 def front(home: Path, models: dict[str, Model]) -> Iterator[int]:
-    """The endpoint's real front (loopback: no token), on a 75/25 split, and its record."""
-    state = endpoint_dir(home, NAME)
-    state.mkdir(parents=True)
-    publish(state, 1, models, {"v1": 75, "v2": 25})
-    port = free_port()
-    argv = [sys.executable, "-m", "providers.local.front", "--port", str(port), "--state-dir",
-            str(state), "--log-file", str(state / "front.log")]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=REPO)
-    deadline = time.monotonic() + 30
-    while _get(port, STATS_PATH) is None:
-        assert proc.poll() is None and time.monotonic() < deadline, "the front did not start"
-        time.sleep(0.05)
-    front = {"host": "127.0.0.1", "port": port, "pid": proc.pid}
-    store = Store.open(home)
-    store.put_endpoint(
-        EndpointRecord(
-            NAME,
-            "local",
-            "local",
-            EndpointState.READY,
-            url=f"http://127.0.0.1:{port}",
-            details={"front": front},
-        )
-    )
-    store.close()  # fmt: skip
-    yield port
-    proc.terminate()
-    proc.wait(10)
+    """The endpoint's real front, on a 75/25 split, and its record."""
+    with running_front(home, NAME, models, {"v1": 75, "v2": 25}) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
@@ -129,18 +54,6 @@ def server(home: Path, front: int) -> Iterator[RunningServer]:
     srv = start_server(home, env={"MLCLOUD_GATEWAY_TARGET_TTL_S": "0.5"})
     yield srv
     srv.stop()
-
-
-def _get(port: int, path: str) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return json.loads(resp.read()) if resp.status == 200 else None
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 def versions_of(server: RunningServer, n: int) -> Counter[str]:

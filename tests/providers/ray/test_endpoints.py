@@ -14,6 +14,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -192,12 +193,13 @@ def test_a_wrong_token_is_an_auth_error(ray_cluster: RayCluster, tmp_path: Path)
 
 
 def test_a_job_trained_on_ray_is_served_by_its_id_securely(
-    provider: RayProvider, ray_cluster: RayCluster
+    provider: RayProvider, ray_cluster: RayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``mlcloud deploy JOB --provider ray``: examples/iris trains on the cluster, then its job
-    id is deployed (the model is found and trusted through the job record) and predicts. Serve
-    is secure by default: its REST API answers 401 without the cluster's token (a refused PUT
-    changes nothing), and its proxy listens on loopback only."""
+    id is deployed (the model is found and trusted through the job record) and predicts, also
+    through the server's predict gateway. Serve is secure by default: its REST API answers 401
+    without the cluster's token (a refused PUT changes nothing), and its proxy listens on
+    loopback only."""
     job = load_job(REPO / "examples" / "iris" / "job.yaml", ["resources.memory=null"])
     record = provider.submit_job(provider.plan_job(job))
     deadline = time.monotonic() + 120
@@ -212,6 +214,7 @@ def test_a_job_trained_on_ray_is_served_by_its_id_securely(
         assert endpoint.source_job == record.id and endpoint.state is EndpointState.READY
         answer = provider.predict("ray-iris", {"instances": [[5.1, 3.5, 1.4, 0.2]]})
         assert answer == {"predictions": [0]}
+        through_the_gateway(ray_cluster, tmp_path, monkeypatch)
 
         api = f"{ray_cluster.info.dashboard_url}/api/serve/applications/"
         for method in ("GET", "PUT"):
@@ -224,3 +227,29 @@ def test_a_job_trained_on_ray_is_served_by_its_id_securely(
         assert "ray-iris" in serve_details(provider)["applications"], "a refused PUT did nothing"
     finally:
         provider.undeploy("ray-iris")
+
+
+def through_the_gateway(
+    ray_cluster: RayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``POST /v1/endpoints/ray-iris:predict`` on the server's app (in this process, which
+    reaches the cluster): forwarded to the Serve proxy, the model's answer passed on,
+    attributed to the deployed version and counted per version."""
+    from mlcloud.server.upstreams import VERSION_HEADER, record_version
+    from mlcloud.store import Store
+    from tests.server.gateway_helpers import app_server, predict
+
+    config = tmp_path / "mlcloud.yaml"
+    profile = {"type": "ray", **ray_cluster.settings()}
+    config.write_text(json.dumps({"profiles": {"ray-test": profile}}))  # JSON is YAML
+    monkeypatch.setenv("MLCLOUD_CONFIG", str(config))
+    version = record_version(Store.open().get_endpoint("ray-iris"))
+    with app_server() as url:
+        resp = predict(url, "ray-iris", json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode())
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"predictions": [0]}
+        assert resp.headers[VERSION_HEADER] == version
+        bad = predict(url, "ray-iris", b'{"instances": "not rows"}')
+        assert 400 <= bad.status_code < 500, bad.text  # the model's refusal, passed on
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        assert f'endpoint="ray-iris",version="{version}"' in text
