@@ -4,6 +4,7 @@ server-sent events."""
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -11,6 +12,9 @@ import httpx
 
 from mlcloud import errors
 from mlcloud.client.wire import SELF, SERVER_ENV, error_from_problem
+
+#: the server's warnings about a call, one header each (``mlcloud.server.warnings_relay``)
+WARNING_HEADER = "x-mlcloud-warning"
 
 
 class Transport:
@@ -63,6 +67,7 @@ class Transport:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
         self._raise_for(response)
+        _warn_again(response)
         return response.json() if response.content else None
 
     def events(self, path: str, params: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -83,3 +88,14 @@ class Transport:
                         event = line[6:].strip()
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+
+
+def _warn_again(response: httpx.Response) -> None:
+    """The server's warnings about this call, warned here as they would be locally (the CLI
+    prints each as a ``warning:`` line)."""
+    for raw in response.headers.get_list(WARNING_HEADER):
+        try:
+            text = str(json.loads(raw))
+        except ValueError:
+            text = raw
+        warnings.warn(errors.MlcloudWarning(text), stacklevel=4)

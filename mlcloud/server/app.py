@@ -20,11 +20,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlcloud import errors
-from mlcloud.server import problems
+from mlcloud.server import problems, warnings_relay
 from mlcloud.server.auth import AuthProblem, RateLimiter, TokenVerifier, check_startup
 from mlcloud.server.fastpath import PredictFastPath
 from mlcloud.server.observe import ObserveMiddleware
 from mlcloud.server.settings import Settings
+from mlcloud.server.warnings_relay import RelayWarnings
 from mlcloud.store import Store
 
 log = logging.getLogger("mlcloud.server")
@@ -64,7 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.verifier = TokenVerifier(settings.token_cache_s)
     app.state.limiter = RateLimiter(settings.predict_rate, settings.predict_burst)
     app.add_middleware(PredictFastPath)  # inside ObserveMiddleware: still access-logged
+    app.add_middleware(RelayWarnings)  # mlcloud's warnings, told to the caller
     app.add_middleware(ObserveMiddleware)
+    warnings_relay.install()
     _handlers(app)
     _health(app)
     _routers(app)

@@ -119,6 +119,19 @@ def test_endpoint_same_output(home: Path, server: RunningServer, admin: str,
         code, answer, err = both(home, server, admin, "predict", "e1", "--data", ROW)
         assert code == 0, err
         assert '"setosa"' in answer
+        # A warning raised on the server reaches the CLI as the same line: the serving model's
+        # signature can no longer be read, so the update goes on unchecked, and says so.
+        (model / "mlcloud-model.yaml").unlink()
+        other = make_custom_model(tmp_path, "versicolor")
+        updated = cli(home, "deploy", str(other), "--name", "e1", "--trust-code",
+                      MLCLOUD_SERVER=server.url, MLCLOUD_TOKEN=admin)  # fmt: skip
+        assert updated.returncode == 0, updated.stderr
+        warning = [line for line in updated.stderr.splitlines() if line.startswith("warning:")]
+        assert warning == [
+            f"warning: endpoint 'e1': the input signature was not checked ({model}: "
+            f"{model} is not an mlcloud model directory (no mlcloud-model.yaml)); its callers "
+            "may break if the new model takes other inputs"
+        ], updated.stderr
     finally:
         removed = cli(home, "undeploy", "e1", MLCLOUD_SERVER=server.url, MLCLOUD_TOKEN=admin)
     assert removed.stdout == "endpoint e1 removed\n", removed.stderr
