@@ -48,18 +48,28 @@ _CYCLE_ARGS = ("scope", "transport", "flow", "logger", "access_logger", "access_
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:
-    """uvicorn's ``http=``: :class:`PredictProtocol`, or ``"auto"`` (logged) when the uvicorn
-    installed lacks an internal it relies on."""
+    """uvicorn's ``http=``: :class:`PredictProtocol` with its lean connections
+    (:mod:`.predict_lean`), or ``"auto"`` (logged) when the uvicorn installed lacks an internal
+    it relies on."""
     missing = _missing()
     if missing:
         log.warning("predictions take uvicorn's ASGI path: this uvicorn lacks %s", missing)
         return "auto"
-    return PredictProtocol
+    from mlcloud.server.predict_lean import LeanProtocol
+
+    return LeanProtocol
 
 
 def _missing() -> list[str]:
     wanted = {
-        HttpToolsProtocol: ("_start_asgi_task", "on_response_complete", "on_headers_complete"),
+        HttpToolsProtocol: (
+            "_start_asgi_task",
+            "on_response_complete",
+            "on_headers_complete",
+            "_unset_keepalive_if_required",
+            "timeout_keep_alive_handler",
+            "shutdown",
+        ),  # the last three: predict_lean
         RequestResponseCycle: ("run_asgi", "send", "receive", "send_500_response"),
     }
     missing = [f"{k.__name__}.{a}" for k, attrs in wanted.items() for a in attrs
@@ -167,9 +177,7 @@ class PredictCycle(RequestResponseCycle):
         return bytes(self.body)
 
     async def _respond(self, response: Response) -> None:
-        whole = None
-        if not isinstance(response, StreamingResponse) and response.background is None:
-            whole = self._encoded(response)
+        whole = self._encoded(response)
         if whole is None:  # streamed, or headers uvicorn's writer refuses: its own send
             await response(cast(Scope, self.scope), cast(Any, self.receive), cast(Any, self.send))
             return
@@ -188,33 +196,53 @@ class PredictCycle(RequestResponseCycle):
 
     def _encoded(self, response: Response) -> bytes | None:
         """The whole answer, as uvicorn's ``send`` writes it; ``None`` if it would not."""
-        content: list[bytes | memoryview] = [impl.STATUS_LINE[response.status_code]]
-        sized = closing = False
-        for name, value in self.default_headers:
-            content += [name, b": ", value, b"\r\n"]
-        for name, value in response.raw_headers:
-            if impl.HEADER_RE.search(name) or impl.HEADER_VALUE_RE.search(value):
-                return None
-            name = name.lower()
-            if name == b"content-length":
-                sized = value.isdigit() and int(value) == len(response.body)
-            elif name == b"connection":
-                closing = closing or b"close" in [t.lower().strip() for t in value.split(b",")]
-            content += [name, b": ", value, b"\r\n"]
-        if not sized:
+        found = encode(response, self.default_headers, self.keep_alive)
+        if found is None:
             return None
-        if closing:
-            self.keep_alive = False
-        elif not self.keep_alive:
-            content.append(b"connection: close\r\n")
-        content += [b"\r\n", response.body]
-        return b"".join(content)
+        whole, self.keep_alive = found
+        return whole
 
     def _uvicorn_access_line(self, status: int) -> None:
-        self.access_logger.info(
-            '%s - "%s %s HTTP/%s" %d', get_client_addr(self.scope), "POST",
-            get_path_with_query_string(self.scope), self.scope["http_version"], status,
-        )  # fmt: skip
+        uvicorn_access_line(self.access_logger, self.scope, status)
+
+
+def uvicorn_access_line(logger: logging.Logger, scope: Any, status: int) -> None:
+    """The line uvicorn's access log writes for a request."""
+    logger.info(
+        '%s - "%s %s HTTP/%s" %d', get_client_addr(scope), "POST",
+        get_path_with_query_string(scope), scope["http_version"], status,
+    )  # fmt: skip
+
+
+def encode(
+    response: Response, default_headers: list[tuple[bytes, bytes]], keep_alive: bool
+) -> tuple[bytes, bool] | None:
+    """The whole answer as uvicorn's ``send`` writes it, and whether the connection stays
+    open after it; ``None`` if uvicorn would not write it in one piece (a streamed body, a
+    header it refuses, a length that does not match)."""
+    if isinstance(response, StreamingResponse) or response.background is not None:
+        return None
+    content: list[bytes | memoryview] = [impl.STATUS_LINE[response.status_code]]
+    sized = closing = False
+    for name, value in default_headers:
+        content += [name, b": ", value, b"\r\n"]
+    for name, value in response.raw_headers:
+        if impl.HEADER_RE.search(name) or impl.HEADER_VALUE_RE.search(value):
+            return None
+        name = name.lower()
+        if name == b"content-length":
+            sized = value.isdigit() and int(value) == len(response.body)
+        elif name == b"connection":
+            closing = closing or b"close" in [t.lower().strip() for t in value.split(b",")]
+        content += [name, b": ", value, b"\r\n"]
+    if not sized:
+        return None
+    if closing:
+        keep_alive = False
+    elif not keep_alive:
+        content.append(b"connection: close\r\n")
+    content += [b"\r\n", response.body]
+    return b"".join(content), keep_alive
 
 
 def _nothing() -> None:

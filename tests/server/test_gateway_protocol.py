@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import threading
 import time
@@ -296,9 +297,58 @@ def test_tokens_and_rate_limit(tmp_path_factory: pytest.TempPathFactory, front: 
 
 
 def test_the_server_uses_the_protocol() -> None:
-    from mlcloud.server import predict_protocol, run
+    from mlcloud.server import predict_lean, predict_protocol, run
 
-    assert run._http() is predict_protocol.PredictProtocol
+    assert run._http() is predict_lean.LeanProtocol
+    assert issubclass(predict_lean.LeanProtocol, predict_protocol.PredictProtocol)
+
+
+def test_a_request_in_pieces_and_a_connection_that_starts_elsewhere(server: RunningServer) -> None:
+    """Lean connections buffer a head and a body that come in pieces; a connection whose
+    first request is not a prediction is uvicorn's throughout (and answers predictions)."""
+    with connection(server) as sock:
+        whole = request(predict_body("pieces"))
+        for i in range(0, len(whole), 7):
+            sock.sendall(whole[i : i + 7])
+            time.sleep(0.002)
+        assert read(sock, 1)[0].json() == {"predictions": ["pieces"]}
+        head, _, body = request(predict_body(2)).partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        time.sleep(0.05)
+        sock.sendall(body)
+        assert read(sock, 1)[0].json() == {"predictions": [2]}
+    replies = exchange(server, HEALTH, request(predict_body(3)), request(predict_body(4)))
+    assert [r.json() for r in replies] == [{"status": "ok"}, {"predictions": [3]},
+                                           {"predictions": [4]}]  # fmt: skip
+
+
+def test_a_malformed_head_is_uvicorns_400(server: RunningServer) -> None:
+    with connection(server) as sock:
+        sock.sendall(request(predict_body(1)))
+        assert read(sock, 1)[0].status == 200
+        sock.sendall(b"POST /v1/endpoints/fake:predict HTTP/1.1\r\nno colon here\r\n\r\n")
+        assert read(sock, 1)[0].status == 400
+        assert closed(sock)
+
+
+def test_shutdown_lets_a_prediction_in_flight_finish(
+    tmp_path_factory: pytest.TempPathFactory, front: int
+) -> None:
+    home = _home(tmp_path_factory.mktemp("gw-proto-stop"), front)
+    srv = start_server(home, "--predict-rate", "100000", env=ENV)
+    try:
+        with connection(srv) as sock:
+            sock.sendall(request(predict_body(1)))  # the connection is a lean one
+            assert read(sock, 1)[0].status == 200
+            sock.sendall(request(predict_body("nap")))  # 0.2 s at the front
+            time.sleep(0.05)
+            srv.proc.send_signal(signal.SIGTERM)
+            reply = read(sock, 1)[0]
+            assert reply.status == 200 and reply.json() == {"predictions": ["nap"]}
+            assert closed(sock)
+        assert srv.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    finally:
+        srv.stop()
 
 
 def test_an_unknown_uvicorn_falls_back(
@@ -320,7 +370,7 @@ def test_predictions_take_the_protocol_and_the_rest_do_not(
     """In process (uvicorn in a thread, ``http=PredictProtocol``): which cycle answered."""
     import uvicorn
 
-    from mlcloud.server import predict_protocol
+    from mlcloud.server import predict_lean, predict_protocol
     from mlcloud.server.app import create_app
     from mlcloud.server.settings import Settings
 
@@ -328,14 +378,20 @@ def test_predictions_take_the_protocol_and_the_rest_do_not(
     monkeypatch.delenv("MLCLOUD_API_TOKEN", raising=False)
     answered: list[str] = []
     original = predict_protocol.PredictCycle.run_asgi
+    lean_answer = predict_lean.LeanProtocol._answer
 
     async def counted(self: predict_protocol.PredictCycle, app: Any) -> None:
-        answered.append(self.scope["path"])
+        answered.append("cycle " + self.scope["path"])
         await original(self, app)
 
+    async def counted_lean(self: predict_lean.LeanProtocol, scope: Any, *args: Any) -> None:
+        answered.append("lean " + scope["path"])
+        await lean_answer(self, scope, *args)
+
     monkeypatch.setattr(predict_protocol.PredictCycle, "run_asgi", counted)
+    monkeypatch.setattr(predict_lean.LeanProtocol, "_answer", counted_lean)
     config = uvicorn.Config(create_app(Settings(host="127.0.0.1")), host="127.0.0.1", port=0,
-                            log_level="warning", http=predict_protocol.PredictProtocol)  # fmt: skip
+                            log_level="warning", http=predict_lean.LeanProtocol)  # fmt: skip
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -345,10 +401,17 @@ def test_predictions_take_the_protocol_and_the_rest_do_not(
         time.sleep(0.02)
     port = uv.servers[0].sockets[0].getsockname()[1]
     try:
-        sent = [request(predict_body(1)), request(predict_body(2), chunked=True), HEALTH]
-        replies = exchange(f"http://127.0.0.1:{port}", *sent)
-        assert [r.status for r in replies] == [200, 200, 200]
-        assert answered == [PREDICT]  # the sized one only
+        sent = [
+            request(predict_body(1)),
+            request(predict_body(2)),
+            request(predict_body(3), chunked=True),
+            HEALTH,
+            request(predict_body(4)),
+        ]
+        replies = exchange(f"http://127.0.0.1:{port}", *sent)  # fmt: skip
+        assert [r.status for r in replies] == [200] * 5
+        # lean until the chunked one; then uvicorn's, its sized predictions on the cycle
+        assert answered == [f"lean {PREDICT}", f"lean {PREDICT}", f"cycle {PREDICT}"]
     finally:
         uv.should_exit = True
         thread.join(30)
