@@ -110,6 +110,10 @@ class LeanProtocol(PredictProtocol):
             self._hand_over()
             return
         end = buffer.find(b"\r\n\r\n")
+        seen = buffer if end < 0 else buffer[:end]
+        if seen.count(b"\n") != seen.count(b"\r\n"):
+            self._hand_over()  # bare LF line ends (llhttp takes them): its framing, not ours
+            return
         if end < 0:
             if len(buffer) > _HEAD_MAX:
                 self._hand_over()

@@ -322,6 +322,17 @@ def test_a_request_in_pieces_and_a_connection_that_starts_elsewhere(server: Runn
                                            {"predictions": [4]}]  # fmt: skip
 
 
+def test_bare_lf_line_ends_are_uvicorns_to_judge(server: RunningServer) -> None:
+    """A head with LF line ends is never framed here (looking for its CRLF CRLF would wait
+    for ever, or cut it in a body that holds one): uvicorn's parser judges it, a 400."""
+    head = f"POST {PREDICT} HTTP/1.1\nhost: t\ncontent-type: application/json\n"
+    for body in (b'{"instances": ["x"]}', b'{"instances": ["x"],\r\n\r\n"pad": 1}'):
+        with connection(server) as sock:
+            sock.sendall((head + f"content-length: {len(body)}\n\n").encode() + body)
+            assert read(sock, 1)[0].status == 400
+            assert closed(sock)
+
+
 def test_a_malformed_head_is_uvicorns_400(server: RunningServer) -> None:
     with connection(server) as sock:
         sock.sendall(request(predict_body(1)))
