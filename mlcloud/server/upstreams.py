@@ -274,6 +274,13 @@ async def forward_lean(
             # prediction whose bytes are still here is sent once more, on a fresh connection
             if attempt == 2:
                 raise _unreachable(target, exc) from None
+    version, out = _passed_raw(raw)
+    return Answer(status, [], data, version or target.fallback_version, raw=out)
+
+
+def _passed_raw(raw: list[tuple[bytes, bytes]]) -> tuple[str | None, list[tuple[bytes, bytes]]]:
+    """The version an upstream's raw headers name, and the ones the caller gets (lower-cased,
+    end-to-end only)."""
     version, out = None, []
     for name, value in raw:
         low = name.lower()
@@ -281,7 +288,7 @@ async def forward_lean(
             version = version or value.decode("latin-1")
         elif low not in _DROP_OUT_RAW:
             out.append((low, value))
-    return Answer(status, [], data, version or target.fallback_version, raw=out)
+    return version, out
 
 
 async def forward_direct(
@@ -321,9 +328,8 @@ async def forward_direct(
                 route.unreachable(url)
             continue
         route.answered(url, status, (clock() - started) * 1e3)
-        out = [(name.lower(), value) for name, value in raw]
-        return Answer(status, [], data, version,
-                      raw=[(k, v) for k, v in out if k not in _DROP_OUT_RAW])  # fmt: skip
+        # the version is the route's: a model server does not name itself
+        return Answer(status, [], data, version, raw=_passed_raw(raw)[1])
     return None
 
 

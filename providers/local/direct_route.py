@@ -42,6 +42,7 @@ import threading
 import time
 from pathlib import Path
 
+from providers.local import procs
 from providers.local.front_stats import GATEWAY_STATS_DIR, Stats
 from providers.local.front_upstreams import UPSTREAMS_FILE, Upstreams
 
@@ -65,6 +66,7 @@ class DirectRoute:
         self.upstreams = Upstreams(state_dir / UPSTREAMS_FILE)
         self.stats = Stats()
         self.file = state_dir / GATEWAY_STATS_DIR / f"{os.getpid()}.json"
+        self.process = procs.identity(os.getpid())  # the front drops the file once it is gone
         self._dirty = False
         self._due: asyncio.TimerHandle | None = None  # the next write, once something changed
         self._retry_at = 0.0
@@ -104,12 +106,8 @@ class DirectRoute:
         if not self._dirty:
             return
         self._dirty = False
-        by_url = {
-            url: {"requests": c.requests, "errors": c.errors, "unreachable": c.unreachable,
-                  "buckets": c.buckets}
-            for url, c in self.stats.by_url.items()
-        }  # fmt: skip
-        data = {"pid": os.getpid(), "started": self.stats.started, "by_url": by_url}
+        by_url = {url: c.to_dict() for url, c in self.stats.by_url.items()}
+        data = {**self.process, "started": self.stats.started, "by_url": by_url}
         try:
             self.file.parent.mkdir(exist_ok=True)
             tmp = self.file.with_suffix(".tmp")
@@ -134,11 +132,3 @@ def for_endpoint(state_dir: Path, incarnation: float) -> DirectRoute | None:
             route.incarnation = incarnation
             route.upstreams = Upstreams(state_dir / UPSTREAMS_FILE)
         return route
-
-
-def flush_all() -> None:
-    """Write every route's last counts (the gateway is stopping)."""
-    with _lock:
-        routes = list(_routes.values())
-    for route in routes:
-        route.flush()

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from providers.local import procs
+
 #: bucket upper bounds in ms: 0.05 ms * 1.25^k, up to ~5 min (a percentile is read as the
 #: upper bound of its bucket, so within 25%)
 BOUNDS_MS: tuple[float, ...] = tuple(round(0.05 * 1.25**k, 4) for k in range(72))
@@ -50,6 +52,10 @@ class Counter:
         self.errors += sign * other.errors
         self.unreachable += sign * other.unreachable
         self.buckets = [a + sign * b for a, b in zip(self.buckets, other.buckets, strict=True)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors,
+                "unreachable": self.unreachable, "buckets": self.buckets}  # fmt: skip
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> Counter:
@@ -136,11 +142,12 @@ class GatewayCounts:
             read = _read(path)
             if read is None:
                 continue
-            if not _alive(path.stem):  # a gateway gone before this front: nothing to add
+            who, counters, ident = read
+            if not procs.alive(ident):  # a gateway gone before this front: nothing to add
                 with contextlib.suppress(OSError):
                     path.unlink()
                 continue
-            self.base[path.name] = read
+            self.base[path.name] = who, counters
 
     def counters(self) -> dict[str, Counter]:
         """Per upstream URL: what the gateways counted since this front started."""
@@ -149,7 +156,7 @@ class GatewayCounts:
             read = _read(path)
             if read is None:
                 continue
-            who, now = read
+            who, now, _ = read
             base_who, base = self.base.get(path.name, ("", {}))
             for url, counter in now.items():
                 total = out.setdefault(url, Counter())
@@ -165,21 +172,14 @@ class GatewayCounts:
             return []
 
 
-def _read(path: Path) -> tuple[str, dict[str, Counter]] | None:
-    """``(which process, counters per URL)`` of one gateway's file; ``None`` if unreadable."""
+def _read(path: Path) -> tuple[str, dict[str, Counter], procs.ProcessId] | None:
+    """``(which process run, counters per URL, its process)`` of one gateway's file; ``None``
+    if unreadable."""
     try:
         data = json.loads(path.read_text())
         who = f"{data['pid']}:{data['started']}"
-        return who, {str(u): Counter.of(c) for u, c in (data.get("by_url") or {}).items()}
+        ident: procs.ProcessId = {"pid": int(data["pid"]), "create_time": data.get("create_time")}
+        counters = {str(u): Counter.of(c) for u, c in (data.get("by_url") or {}).items()}
+        return who, counters, ident
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-
-
-def _alive(stem: str) -> bool:
-    try:
-        os.kill(int(stem), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True

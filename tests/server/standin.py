@@ -104,6 +104,19 @@ def running_front(
         proc.wait(10)
 
 
+def request_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """A stand-in's request body, sized or chunked (the gateway's route streams a body it was
+    sent unsized)."""
+    if handler.headers["content-length"] is not None:
+        return handler.rfile.read(int(handler.headers["content-length"]))
+    chunks = []
+    while size := int(handler.rfile.readline().split(b";")[0], 16):
+        chunks.append(handler.rfile.read(size))
+        handler.rfile.readline()
+    handler.rfile.readline()
+    return b"".join(chunks)
+
+
 def get(port: int, path: str) -> Any:
     """The JSON a GET of ``path`` answers (``None`` unless 200)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

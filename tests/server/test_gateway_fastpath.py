@@ -29,6 +29,7 @@ from mlcloud.store import Store
 from mlcloud.store import auth as token_store
 from tests.server.gateway_helpers import app_server, predict
 from tests.server.serverproc import token
+from tests.server.standin import request_body
 
 pytestmark = pytest.mark.timeout(120)
 FRONT_TOKEN = "front-secret"
@@ -45,7 +46,7 @@ class FakeFront(BaseHTTPRequestHandler):
     lock, busy, most = threading.Lock(), 0, 0
 
     def do_POST(self) -> None:
-        body = self._body()
+        body = request_body(self)
         FakeFront.received.append(
             {
                 "path": self.path,
@@ -81,16 +82,6 @@ class FakeFront(BaseHTTPRequestHandler):
         self.send_header("keep-alive", "timeout=5")  # hop-by-hop: never passed on
         self.end_headers()
         self.wfile.write(answer)
-
-    def _body(self) -> bytes:
-        if self.headers["content-length"] is not None:
-            return self.rfile.read(int(self.headers["content-length"]))
-        chunks = []  # chunked: the route streams a body it was sent unsized
-        while size := int(self.rfile.readline().split(b";")[0], 16):
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
-        self.rfile.readline()
-        return b"".join(chunks)
 
     def log_message(self, *args: Any) -> None:
         pass

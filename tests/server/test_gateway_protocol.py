@@ -29,6 +29,7 @@ import pytest
 from mlcloud.records import EndpointRecord, EndpointState
 from mlcloud.store import Store
 from tests.server.serverproc import RunningServer, start_server, token
+from tests.server.standin import request_body
 
 pytestmark = pytest.mark.timeout(180)
 PREDICT = "/v1/endpoints/fake:predict"
@@ -43,7 +44,7 @@ class FakeFront(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
-        rows = json.loads(self._body())["instances"]
+        rows = json.loads(request_body(self))["instances"]
         status, body = {"boom": (500, b"boom"), "bad": (422, b'{"error": "bad rows"}')}.get(
             str(rows[0]), (200, json.dumps({"predictions": rows}).encode())
         )
@@ -55,16 +56,6 @@ class FakeFront(BaseHTTPRequestHandler):
             self.send_header("x-mlcloud-version", "v7")
             self.end_headers()
             self.wfile.write(body)
-
-    def _body(self) -> bytes:
-        if self.headers["content-length"] is not None:
-            return self.rfile.read(int(self.headers["content-length"]))
-        chunks = []  # the route streams a body it was sent unsized
-        while size := int(self.rfile.readline().split(b";")[0], 16):
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
-        self.rfile.readline()
-        return b"".join(chunks)
 
     def log_message(self, *args: Any) -> None:
         pass
